@@ -1,0 +1,158 @@
+//! How Parley's processes meet NATS: one way to connect (named, reconnecting forever) and the
+//! stream and consumer definitions from `nats/`, compiled in and applied idempotently at start, so
+//! that any process may come up first and the files in `nats/` stay the single source of truth.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use tracing::{info, warn};
+
+pub use async_nats;
+
+/// The header JetStream deduplicates publishes on.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+pub const PROJECTS_STREAM: &str = "PARLEY_PROJECTS";
+pub const CHAT_STREAM: &str = "PARLEY_CHAT";
+pub const DEADLETTER_STREAM: &str = "PARLEY_DEADLETTER";
+
+const STREAM_DEFINITIONS: &[(&str, &str)] = &[
+    (
+        PROJECTS_STREAM,
+        include_str!("../../../nats/streams/PARLEY_PROJECTS.json"),
+    ),
+    (CHAT_STREAM, include_str!("../../../nats/streams/PARLEY_CHAT.json")),
+    (
+        DEADLETTER_STREAM,
+        include_str!("../../../nats/streams/PARLEY_DEADLETTER.json"),
+    ),
+];
+
+/// A durable consumer definition from `nats/consumers/` and the stream it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerDefinition {
+    pub stream: &'static str,
+    json: &'static str,
+}
+
+pub const PERSISTENCE_CHAT_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+    stream: CHAT_STREAM,
+    json: include_str!("../../../nats/consumers/persistence-chat.json"),
+};
+
+pub const PERSISTENCE_PROJECTS_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+    stream: PROJECTS_STREAM,
+    json: include_str!("../../../nats/consumers/persistence-projects.json"),
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid definition {name}: {source}")]
+    Definition { name: String, source: serde_json::Error },
+    #[error("cannot apply stream {name}: {source}")]
+    Stream { name: String, source: async_nats::Error },
+    #[error("cannot apply consumer {name}: {source}")]
+    Consumer { name: String, source: async_nats::Error },
+}
+
+/// Connects with a client name, reconnecting forever: a restarted nats-server is waited for, not
+/// fatal. The first connect is retried as well, so a process may start before NATS is up.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => warn!("nats disconnected"),
+                async_nats::Event::Connected => info!("nats connected"),
+                other => info!(event = %other, "nats event"),
+            }
+        })
+        .connect(url)
+        .await
+}
+
+/// The JetStream context every Parley process uses.
+pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
+    jetstream::new(client)
+}
+
+/// The stream definition `name` from `nats/streams/`, with `replicas` copies.
+pub fn stream_config(name: &str, replicas: usize) -> Result<stream::Config, SetupError> {
+    let json = STREAM_DEFINITIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, json)| *json)
+        .unwrap_or("null");
+    let mut config: stream::Config = serde_json::from_str(json).map_err(|source| SetupError::Definition {
+        name: name.into(),
+        source,
+    })?;
+    config.num_replicas = replicas;
+    Ok(config)
+}
+
+/// Creates or updates every Parley stream to its definition. Idempotent; safe to race.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), SetupError> {
+    for (name, _) in STREAM_DEFINITIONS {
+        let config = stream_config(name, replicas)?;
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| SetupError::Stream {
+                name: (*name).into(),
+                source: e.into(),
+            })?;
+    }
+    Ok(())
+}
+
+/// The pull consumer configuration of `definition`.
+pub fn consumer_config(definition: ConsumerDefinition) -> Result<consumer::pull::Config, SetupError> {
+    serde_json::from_str(definition.json).map_err(|source| SetupError::Definition {
+        name: definition.stream.into(),
+        source,
+    })
+}
+
+/// Creates or updates the durable pull consumer of `definition` and returns it.
+pub async fn ensure_pull_consumer(
+    js: &jetstream::Context,
+    definition: ConsumerDefinition,
+) -> Result<consumer::PullConsumer, SetupError> {
+    let config = consumer_config(definition)?;
+    let name = config.durable_name.clone().unwrap_or_default();
+    let err = |e: async_nats::Error| SetupError::Consumer {
+        name: name.clone(),
+        source: e,
+    };
+    let stream = js.get_stream(definition.stream).await.map_err(|e| err(e.into()))?;
+    stream.create_consumer(config).await.map_err(|e| err(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_in_nats_folder_parses() {
+        for (name, _) in STREAM_DEFINITIONS {
+            let config = stream_config(name, 3).unwrap();
+            assert_eq!(config.name, *name);
+            assert_eq!(config.num_replicas, 3);
+            assert!(!config.subjects.is_empty());
+        }
+        for definition in [PERSISTENCE_CHAT_CONSUMER, PERSISTENCE_PROJECTS_CONSUMER] {
+            let config = consumer_config(definition).unwrap();
+            assert!(config.durable_name.is_some());
+            assert_eq!(config.ack_policy, consumer::AckPolicy::Explicit);
+        }
+    }
+
+    #[test]
+    fn the_chat_stream_deduplicates_for_hours() {
+        let chat = stream_config(CHAT_STREAM, 1).unwrap();
+        assert!(chat.duplicate_window >= Duration::from_secs(3600));
+        assert!(chat.allow_direct);
+    }
+}

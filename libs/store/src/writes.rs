@@ -1,0 +1,201 @@
+//! The persistence worker's writes. Each is idempotent so that JetStream's at-least-once delivery
+//! (redeliveries, two workers racing on a late ack) never doubles a row or moves state back.
+
+use chrono::{DateTime, Utc};
+use parley_domain::ids::conversation_id_for_project;
+use parley_domain::validation::PREVIEW_CHARS;
+use parley_events::{ProjectClosed, ProjectStarted};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// One message ready to be written: the event's fields plus its stream sequence.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub sender_id: Uuid,
+    pub body: String,
+    pub client_msg_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a `parley.project.closed` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedOutcome {
+    Closed,
+    AlreadyClosed,
+    /// No conversation for that project (yet).
+    UnknownProject,
+}
+
+impl Store {
+    /// Creates the project's conversation and its two participants; does nothing if it exists.
+    /// Returns whether it was created now.
+    pub async fn apply_project_started(&self, event: &ProjectStarted) -> Result<bool, StoreError> {
+        let conversation_id = conversation_id_for_project(event.project_id);
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query!(
+            r#"INSERT INTO conversations (id, project_id, project_title, status, started_at, updated_at)
+               VALUES ($1, $2, $3, 'active', $4, $4)
+               ON CONFLICT DO NOTHING"#,
+            conversation_id,
+            event.project_id,
+            event.title,
+            event.started_at,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if created {
+            for (role, party) in event.parties() {
+                sqlx::query!(
+                    r#"INSERT INTO participants (conversation_id, user_id, role, display_name, email)
+                       VALUES ($1, $2, $3, $4, $5)
+                       ON CONFLICT DO NOTHING"#,
+                    conversation_id,
+                    party.id,
+                    role.as_str(),
+                    party.display_name,
+                    party.email,
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Turns the project's conversation read-only.
+    pub async fn apply_project_closed(&self, event: &ProjectClosed) -> Result<ClosedOutcome, StoreError> {
+        let conversation_id = conversation_id_for_project(event.project_id);
+        let status = sqlx::query_scalar!(
+            r#"WITH closing AS (
+                   UPDATE conversations
+                      SET status = 'closed', closed_at = $2, updated_at = GREATEST(updated_at, $2)
+                    WHERE id = $1 AND status = 'active'
+                   RETURNING 1
+               )
+               SELECT CASE WHEN EXISTS (SELECT 1 FROM closing) THEN 'closed'
+                           WHEN EXISTS (SELECT 1 FROM conversations WHERE id = $1) THEN 'already'
+                           ELSE 'unknown' END AS "outcome!""#,
+            conversation_id,
+            event.closed_at,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match status.as_str() {
+            "closed" => ClosedOutcome::Closed,
+            "already" => ClosedOutcome::AlreadyClosed,
+            _ => ClosedOutcome::UnknownProject,
+        })
+    }
+
+    /// The participants of each of `conversation_ids` that exists, as (conversation, user) pairs.
+    pub async fn participants_of(&self, conversation_ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT conversation_id, user_id FROM participants WHERE conversation_id = ANY($1)",
+            conversation_ids,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.conversation_id, r.user_id)).collect())
+    }
+
+    /// Writes a batch of messages in one transaction: a conflict on the message id (or on its
+    /// stream sequence) does nothing, and each conversation's last message moves only forward,
+    /// to the highest sequence actually inserted. Returns how many rows were new.
+    pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let senders: Vec<Uuid> = rows.iter().map(|r| r.sender_id).collect();
+        let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
+        let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
+        let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+        let preview_chars = PREVIEW_CHARS as i32;
+        let inserted = sqlx::query_scalar!(
+            r#"WITH inserted AS (
+                   INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
+                   SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
+                   ON CONFLICT DO NOTHING
+                   RETURNING conversation_id, id, seq, sender_id, body, created_at
+               ),
+               latest AS (
+                   SELECT DISTINCT ON (conversation_id) * FROM inserted ORDER BY conversation_id, seq DESC
+               ),
+               moved AS (
+                   UPDATE conversations c
+                      SET last_message_id = l.id,
+                          last_message_seq = l.seq,
+                          last_message_sender = l.sender_id,
+                          last_message_preview = left(l.body, $8),
+                          last_message_at = l.created_at,
+                          updated_at = GREATEST(c.updated_at, l.created_at)
+                     FROM latest l
+                    WHERE c.id = l.conversation_id
+                      AND (c.last_message_seq IS NULL OR c.last_message_seq < l.seq)
+                   RETURNING 1
+               )
+               SELECT count(*) AS "inserted!" FROM inserted"#,
+            &ids,
+            &conversations,
+            &seqs,
+            &senders,
+            &bodies,
+            &client_ids as &[Option<String>],
+            &created,
+            preview_chars,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(inserted).unwrap_or(0))
+    }
+}
+
+/// One read-mark move to write.
+#[derive(Debug, Clone)]
+pub struct ReadMarkRow {
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    pub seq: i64,
+    pub read_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
+    /// Returns how many marks actually moved.
+    pub async fn apply_read_marks(&self, rows: &[ReadMarkRow]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
+        let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let read_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.read_at).collect();
+        let moved = sqlx::query!(
+            r#"UPDATE participants p
+                  SET last_read_seq = v.seq, read_at = v.read_at
+                 FROM (SELECT DISTINCT ON (conversation_id, user_id) *
+                         FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[])
+                              AS u(conversation_id, user_id, seq, read_at)
+                        ORDER BY conversation_id, user_id, seq DESC) v
+                WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
+                  AND p.last_read_seq < v.seq"#,
+            &conversations,
+            &users,
+            &seqs,
+            &read_at,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(moved)
+    }
+}

@@ -1,0 +1,160 @@
+//! Real infrastructure for tests, one private instance per test so tests run in parallel: a
+//! nats-server with JetStream in its own folder on its own port, a fresh Postgres database with
+//! Parley's schema, signed tokens, project fixtures, and a plain HTTP/1.1 client.
+//!
+//! It needs `PARLEY_TEST_NATS_SERVER` (a nats-server ≥ 2.10 binary; `nats-server` on `PATH`
+//! otherwise) and `PARLEY_TEST_DATABASE_URL` (a Postgres superuser URL); `scripts/test.sh` sets
+//! both.
+
+pub mod http;
+pub mod nats;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use parley_events::{Party, ProjectClosed, ProjectStarted, subjects};
+use sqlx::Connection;
+use uuid::Uuid;
+
+pub use nats::NatsServer;
+pub use parley_sio_client as sio;
+
+/// The secret test tokens are signed with.
+pub const TEST_JWT_SECRET: &str = "parley-test-secret-0123456789abcdef";
+
+/// A fresh, migrated database of its own.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin = std::env::var("PARLEY_TEST_DATABASE_URL")
+            .expect("PARLEY_TEST_DATABASE_URL must point at a Postgres superuser (scripts/test.sh sets it)");
+        let name = format!("parley_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to PARLEY_TEST_DATABASE_URL");
+        // `name` is built from a UUID above: no caller input reaches this statement.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+        let url = format!("{base}/{name}");
+        let store = parley_store::Store::connect_lazy(&url, 2).expect("database url");
+        store.migrate().await.expect("migrate test database");
+        store.pool().close().await;
+        TestDatabase { url, name }
+    }
+
+    /// A store on this database.
+    pub fn store(&self) -> parley_store::Store {
+        parley_store::Store::connect_lazy(&self.url, 4).expect("database url")
+    }
+}
+
+/// An HS256 token for `user`, valid for an hour, signed with `secret`.
+pub fn token_for(user: Uuid, secret: &str) -> String {
+    let claims = serde_json::json!({ "sub": user, "exp": Utc::now().timestamp() + 3600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+/// A project with a fresh client and provider.
+#[derive(Debug, Clone)]
+pub struct ProjectFixture {
+    pub event: ProjectStarted,
+}
+
+impl ProjectFixture {
+    pub fn new(title: &str) -> Self {
+        let party = |name: &str| Party {
+            id: Uuid::new_v4(),
+            display_name: name.to_owned(),
+            email: format!("{}@example.test", name.to_lowercase()),
+        };
+        Self {
+            event: ProjectStarted {
+                project_id: Uuid::new_v4(),
+                title: title.to_owned(),
+                client: party("Client"),
+                provider: party("Provider"),
+                started_at: Utc::now(),
+            },
+        }
+    }
+
+    pub fn client(&self) -> Uuid {
+        self.event.client.id
+    }
+
+    pub fn provider(&self) -> Uuid {
+        self.event.provider.id
+    }
+
+    pub fn conversation_id(&self) -> Uuid {
+        parley_domain::ids::conversation_id_for_project(self.event.project_id)
+    }
+
+    /// Publishes `parley.project.started` through JetStream and waits for the ack.
+    pub async fn publish_started(&self, js: &async_nats::jetstream::Context) {
+        publish_json(js, subjects::PROJECT_STARTED, &self.event).await;
+    }
+
+    /// Publishes `parley.project.closed`.
+    pub async fn publish_closed(&self, js: &async_nats::jetstream::Context) {
+        let event = ProjectClosed {
+            project_id: self.event.project_id,
+            closed_at: Utc::now(),
+        };
+        publish_json(js, subjects::PROJECT_CLOSED, &event).await;
+    }
+}
+
+/// Publishes `value` as JSON on `subject` through JetStream and waits for the ack.
+pub async fn publish_json(js: &async_nats::jetstream::Context, subject: &str, value: &impl serde::Serialize) {
+    js.publish(subject.to_owned(), serde_json::to_vec(value).expect("json").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("publish ack");
+}
+
+/// Polls `check` until it returns `Some`, for state that has no event to await (a row landing in
+/// Postgres). Panics with `what` after `timeout`: a generous bound, not a speed assertion.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the conversation of `project` exists in `db`.
+pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
+    let store = db.store();
+    let user = project.client();
+    let id = project.conversation_id();
+    eventually("the conversation to be created", Duration::from_secs(30), || async {
+        store.access(id, user).await.ok().flatten().map(|_| ())
+    })
+    .await;
+}

@@ -1,0 +1,115 @@
+//! `parley-gateway`: the HTTP API and Socket.IO server clients talk to. It authenticates,
+//! authorises against Postgres, validates, publishes client events to JetStream and acknowledges
+//! only once JetStream has them, and fans the stream back out to connected sockets.
+//!
+//! Built as a library so tests start the real thing on port 0: [`Application::build`], then
+//! [`Application::port`], then [`Application::run_until_stopped`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod messaging;
+pub mod socket;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+
+use crate::auth::Authenticator;
+use crate::messaging::Messaging;
+
+/// Largest Socket.IO packet a client may send: a 5000-character body is at most ~30 KiB of JSON.
+const MAX_PACKET_BYTES: usize = 128 * 1024;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Authenticator,
+    pub messaging: Messaging,
+    pub nats: async_nats::Client,
+}
+
+/// A gateway bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to NATS and Postgres, applies the streams and binds `config.listen`.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store =
+            parley_store::Store::connect_lazy(&config.database_url, config.db_pool_size).context("DATABASE_URL")?;
+        let nats = parley_nats::connect(&config.nats_url, "parley-gateway")
+            .await
+            .context("NATS_URL")?;
+        let js = parley_nats::jetstream(nats.clone());
+        parley_nats::ensure_streams(&js, config.stream_replicas)
+            .await
+            .context("applying streams")?;
+        let state = AppState {
+            auth: Authenticator::new(&config.jwt_secret),
+            messaging: Messaging { store, js },
+            nats,
+        };
+        let (layer, io) = SocketIo::builder()
+            .with_state(state.clone())
+            .max_payload(MAX_PACKET_BYTES as u64)
+            .ws_max_message_size(MAX_PACKET_BYTES)
+            .ws_max_frame_size(MAX_PACKET_BYTES)
+            .build_layer();
+        socket::register(&io);
+        let router = http::router(state.clone()).layer(layer);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("PARLEY_LISTEN: cannot bind {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            io,
+            state,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every socket and drains HTTP requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        info!(addr = %self.local_addr(), "gateway listening");
+        let fanout = tokio::spawn(fanout::run(
+            self.state.messaging.js.clone(),
+            self.io.clone(),
+            shutdown.clone(),
+        ));
+        let io = self.io.clone();
+        let stopping = shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                // Tell clients we are going, so they reconnect elsewhere at once.
+                io.close().await;
+            })
+            .await?;
+        shutdown.cancel();
+        let _ = fanout.await;
+        Ok(())
+    }
+}

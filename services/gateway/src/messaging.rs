@@ -1,0 +1,213 @@
+//! The gateway's operations, shared by the HTTP API and the Socket.IO events so that both paths
+//! validate, authorise and publish identically. Validation runs before anything touches NATS: a
+//! conversation id must parse as a UUID before a subject is built from it.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{SubsecRound, Utc};
+use parley_domain::error::Refusal;
+use parley_domain::validation::{validate_body, validate_client_msg_id};
+use parley_domain::{Conversation, ConversationStatus, ErrorCode, Message, ids};
+use parley_events::{MessagePosted, subjects};
+use parley_store::{ConversationAccess, HistoryPage, HistoryQuery, Store};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::UserId;
+use crate::error::ApiError;
+
+/// Largest history page.
+pub const MAX_PAGE: i64 = 200;
+/// History page size when none is asked for.
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// A send, after validation.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub conversation_id: Uuid,
+    pub body: String,
+    pub client_msg_id: Option<String>,
+}
+
+/// The outcome of a send: the message, and whether it is new (false for an idempotent repeat).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message: Message,
+    pub created: bool,
+}
+
+/// Everything the operations need. Cheap to clone.
+#[derive(Clone)]
+pub struct Messaging {
+    pub store: Store,
+    pub js: jetstream::Context,
+}
+
+/// Parses a conversation id; a malformed one is an `invalid_request`.
+pub fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("conversationId must be a UUID"))
+}
+
+/// Reads `{conversationId, body, clientMsgId?}` (the id may come from the URL instead).
+pub fn parse_send(payload: &Value, conversation_id: Option<Uuid>) -> Result<SendRequest, ApiError> {
+    let object = payload
+        .as_object()
+        .ok_or_else(|| ApiError::invalid_request("payload must be a JSON object"))?;
+    let conversation_id = match conversation_id {
+        Some(id) => id,
+        None => match object.get("conversationId") {
+            Some(Value::String(raw)) => parse_conversation_id(raw)?,
+            _ => return Err(ApiError::invalid_request("conversationId must be a UUID string")),
+        },
+    };
+    let body = match object.get("body") {
+        Some(Value::String(body)) => body.clone(),
+        _ => return Err(Refusal::new(ErrorCode::InvalidMessage, "body must be a string").into()),
+    };
+    validate_body(&body)?;
+    let client_msg_id = match object.get("clientMsgId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => {
+            validate_client_msg_id(id)?;
+            Some(id.clone())
+        }
+        Some(_) => return Err(Refusal::new(ErrorCode::InvalidMessage, "clientMsgId must be a string").into()),
+    };
+    Ok(SendRequest {
+        conversation_id,
+        body,
+        client_msg_id,
+    })
+}
+
+/// Reads the optional paging bounds of a history request.
+pub fn parse_history_bounds(
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+) -> Result<HistoryQuery, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_request("limit must be between 1 and 200"));
+    }
+    if before_seq.is_some_and(|s| s < 1) || after_seq.is_some_and(|s| s < 0) {
+        return Err(ApiError::invalid_request(
+            "beforeSeq must be positive and afterSeq not negative",
+        ));
+    }
+    Ok(HistoryQuery {
+        before_seq,
+        after_seq,
+        limit,
+    })
+}
+
+impl Messaging {
+    /// The caller's access to a conversation; `not_found` when it does not exist for them.
+    pub async fn access(&self, user: UserId, conversation_id: Uuid) -> Result<ConversationAccess, ApiError> {
+        self.store
+            .access(conversation_id, user.0)
+            .await?
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// Accepts a message: acknowledged only once JetStream has it. A repeat of a `clientMsgId`
+    /// returns the first message and publishes nothing new.
+    pub async fn send(&self, user: UserId, request: SendRequest) -> Result<Sent, ApiError> {
+        let access = self.access(user, request.conversation_id).await?;
+        if access.status == ConversationStatus::Closed {
+            return Err(Refusal::new(
+                ErrorCode::ConversationClosed,
+                "the project is closed; its conversation is read-only",
+            )
+            .into());
+        }
+        let id = match &request.client_msg_id {
+            Some(client_msg_id) => {
+                let id = ids::message_id_for_client_msg(user.0, request.conversation_id, client_msg_id);
+                // Beyond the stream's duplicate window, the stored row is the memory of the send.
+                if let Some(message) = self.store.message(request.conversation_id, id).await? {
+                    return Ok(Sent {
+                        message,
+                        created: false,
+                    });
+                }
+                id
+            }
+            None => ids::new_message_id(),
+        };
+        let event = MessagePosted {
+            id,
+            conversation_id: request.conversation_id,
+            project_id: access.project_id,
+            sender_id: user.0,
+            body: request.body,
+            client_msg_id: request.client_msg_id,
+            created_at: Utc::now().trunc_subsecs(3),
+            participants: access.participants,
+        };
+        let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(parley_nats::MSG_ID_HEADER, id.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                subjects::conversation_messages(request.conversation_id),
+                headers,
+                payload.into(),
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("publish: {e}")))?
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("publish ack: {e}")))?;
+        if ack.duplicate {
+            let message = self.original_of(ack.sequence).await?;
+            return Ok(Sent {
+                message,
+                created: false,
+            });
+        }
+        Ok(Sent {
+            message: event.into_message(ack.sequence),
+            created: true,
+        })
+    }
+
+    /// The first message of a send JetStream found to be a duplicate, read back from the stream.
+    async fn original_of(&self, sequence: u64) -> Result<Message, ApiError> {
+        let stream = self
+            .js
+            .get_stream_no_info(parley_nats::CHAT_STREAM)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("stream: {e}")))?;
+        let stored = tokio::time::timeout(Duration::from_secs(5), stream.direct_get(sequence))
+            .await
+            .map_err(|_| ApiError::Unavailable("direct get timed out".into()))?
+            .map_err(|e| ApiError::Unavailable(format!("direct get: {e}")))?;
+        let event: MessagePosted =
+            serde_json::from_slice(&stored.payload).map_err(|e| ApiError::Unavailable(format!("stored event: {e}")))?;
+        Ok(event.into_message(sequence))
+    }
+
+    pub async fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, ApiError> {
+        Ok(self.store.conversations_of(user.0).await?)
+    }
+
+    pub async fn conversation(&self, user: UserId, conversation_id: Uuid) -> Result<Conversation, ApiError> {
+        self.store
+            .conversation_of(user.0, conversation_id)
+            .await?
+            .ok_or_else(ApiError::not_found)
+    }
+
+    pub async fn history(
+        &self,
+        user: UserId,
+        conversation_id: Uuid,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
+        self.access(user, conversation_id).await?;
+        Ok(self.store.history(conversation_id, query).await?)
+    }
+}

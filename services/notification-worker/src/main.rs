@@ -1,0 +1,21 @@
+//! `parley-notification-worker`: see the library for what it does.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    parley_service::init_tracing();
+    let config = match parley_notification_worker::Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("parley-notification-worker: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = parley_service::shutdown_on_signals();
+    match parley_notification_worker::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "notification worker stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Messages and read marks, in batches. A batch is whatever the consumer has ready, up to the
+//! configured size: under load that amortises one commit over hundreds of rows, when idle a single
+//! message is written at once. The order per batch is: classify, write in one transaction, bury
+//! what can never apply, then ack the rest with confirmed acks.
+
+use std::collections::{HashMap, HashSet};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::{FutureExt, StreamExt};
+use parley_domain::validation::validate_body;
+use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
+use parley_events::{MessagePosted, ReadMarked};
+use parley_store::{MessageRow, ReadMarkRow, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::{RETRY_DELAY, dead_letter};
+
+pub(crate) async fn run(
+    consumer: PullConsumer,
+    store: Store,
+    js: jetstream::Context,
+    batch_size: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut messages = consumer.stream().max_messages_per_batch(batch_size).messages().await?;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let mut batch = Vec::with_capacity(batch_size);
+        match first {
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(error)) => {
+                warn!(%error, "chat consumer hiccup");
+                continue;
+            }
+            None => return Ok(()),
+        }
+        // Take whatever else is already here, without waiting for more.
+        while batch.len() < batch_size {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                Some(Some(Err(error))) => warn!(%error, "chat consumer hiccup"),
+                _ => break,
+            }
+        }
+        process_batch(&store, &js, batch).await;
+    }
+}
+
+/// What one delivered event turned out to be.
+enum Classified {
+    Message(MessageRow),
+    Read(ReadMarkRow),
+    Dead(String),
+}
+
+fn classify(message: &jetstream::Message) -> Classified {
+    let seq = match message.info() {
+        Ok(info) => i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+        Err(e) => return Classified::Dead(format!("no JetStream metadata: {e}")),
+    };
+    match parse_conversation_subject(&message.subject) {
+        Some(ConversationSubject::Message(conversation_id)) => {
+            let event: MessagePosted = match serde_json::from_slice(&message.payload) {
+                Ok(event) => event,
+                Err(e) => return Classified::Dead(format!("malformed message event: {e}")),
+            };
+            if event.conversation_id != conversation_id {
+                return Classified::Dead("conversation id does not match the subject".into());
+            }
+            if let Err(refusal) = validate_body(&event.body) {
+                return Classified::Dead(format!("invalid body: {}", refusal.message));
+            }
+            let row = MessageRow {
+                id: event.id,
+                conversation_id,
+                seq,
+                sender_id: event.sender_id,
+                body: event.body,
+                client_msg_id: event.client_msg_id,
+                created_at: event.created_at,
+            };
+            Classified::Message(row)
+        }
+        Some(ConversationSubject::Read(conversation_id)) => {
+            let event: ReadMarked = match serde_json::from_slice(&message.payload) {
+                Ok(event) => event,
+                Err(e) => return Classified::Dead(format!("malformed read event: {e}")),
+            };
+            if event.conversation_id != conversation_id {
+                return Classified::Dead("conversation id does not match the subject".into());
+            }
+            Classified::Read(ReadMarkRow {
+                conversation_id,
+                user_id: event.user_id,
+                seq: event.seq,
+                read_at: event.read_at,
+            })
+        }
+        _ => Classified::Dead(format!("unexpected subject {}", message.subject)),
+    }
+}
+
+async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstream::Message>) {
+    let classified: Vec<Classified> = batch.iter().map(classify).collect();
+
+    // Authorisation at the service layer: the writer must be a participant, whoever published.
+    let conversations: HashSet<Uuid> = classified
+        .iter()
+        .filter_map(|c| match c {
+            Classified::Message(row) => Some(row.conversation_id),
+            Classified::Read(row) => Some(row.conversation_id),
+            Classified::Dead(_) => None,
+        })
+        .collect();
+    let members: HashSet<(Uuid, Uuid)> = if conversations.is_empty() {
+        HashSet::new()
+    } else {
+        let ids: Vec<Uuid> = conversations.into_iter().collect();
+        match store.participants_of(&ids).await {
+            Ok(pairs) => pairs.into_iter().collect(),
+            Err(error) => return retry_later(&batch, &error.to_string()).await,
+        }
+    };
+
+    let mut rows: HashMap<Uuid, MessageRow> = HashMap::new();
+    let mut reads = Vec::new();
+    let mut dead: Vec<(usize, String)> = Vec::new();
+    for (index, item) in classified.into_iter().enumerate() {
+        match item {
+            Classified::Message(row) if members.contains(&(row.conversation_id, row.sender_id)) => {
+                // A redelivery inside one batch carries the same id: keep one.
+                rows.entry(row.id).or_insert(row);
+            }
+            Classified::Message(_) => dead.push((index, "sender is not a participant of the conversation".into())),
+            Classified::Read(row) if members.contains(&(row.conversation_id, row.user_id)) => reads.push(row),
+            Classified::Read(_) => dead.push((index, "reader is not a participant of the conversation".into())),
+            Classified::Dead(reason) => dead.push((index, reason)),
+        }
+    }
+
+    let rows: Vec<MessageRow> = rows.into_values().collect();
+    let written = async {
+        let inserted = store.insert_messages(&rows).await?;
+        let moved = store.apply_read_marks(&reads).await?;
+        Ok::<_, parley_store::StoreError>((inserted, moved))
+    };
+    match written.await {
+        Ok((inserted, moved)) => debug!(batch = batch.len(), inserted, moved, "batch committed"),
+        Err(error) => return retry_later(&batch, &error.to_string()).await,
+    }
+
+    let dead_indices: HashSet<usize> = dead.iter().map(|(i, _)| *i).collect();
+    for (index, reason) in &dead {
+        if let Err(error) = dead_letter::bury(js, &batch[*index], reason).await {
+            warn!(%error, "dead-lettering failed; the event will be redelivered");
+        }
+    }
+    let acks = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !dead_indices.contains(i))
+        .map(|(_, m)| m.double_ack());
+    for result in futures::future::join_all(acks).await {
+        if let Err(error) = result {
+            // The rows are committed; a redelivery rewrites them as no-ops.
+            warn!(%error, "ack failed; the event will be redelivered");
+        }
+    }
+}
+
+async fn retry_later(batch: &[jetstream::Message], error: &str) {
+    warn!(error, batch = batch.len(), "writing a batch failed; it will be retried");
+    let naks = batch.iter().map(|m| m.ack_with(AckKind::Nak(Some(RETRY_DELAY))));
+    futures::future::join_all(naks).await;
+}

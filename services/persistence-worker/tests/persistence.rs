@@ -1,0 +1,413 @@
+//! The persistence worker against a real nats-server and a real Postgres database per test.
+
+use std::collections::HashSet;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{SubsecRound, Utc};
+use futures::StreamExt;
+use parley_events::{MessagePosted, subjects};
+use parley_persistence_worker::{Config, run};
+use parley_store::{HistoryQuery, MessageRow};
+use parley_test_support::{NatsServer, ProjectFixture, TestDatabase, conversation_exists, eventually};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Env {
+    nats: NatsServer,
+    db: TestDatabase,
+    js: jetstream::Context,
+}
+
+async fn env() -> Env {
+    let nats = NatsServer::start();
+    let db = TestDatabase::create().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    parley_nats::ensure_streams(&js, 1).await.unwrap();
+    Env { nats, db, js }
+}
+
+fn config(env: &Env) -> Config {
+    Config {
+        nats_url: env.nats.url(),
+        database_url: env.db.url.clone(),
+        batch_size: 200,
+        stream_replicas: 1,
+    }
+}
+
+fn spawn_worker(env: &Env) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config(env), shutdown.clone()));
+    shutdown
+}
+
+fn message_event(project: &ProjectFixture, sender: Uuid, body: &str) -> MessagePosted {
+    MessagePosted {
+        id: Uuid::now_v7(),
+        conversation_id: project.conversation_id(),
+        project_id: project.event.project_id,
+        sender_id: sender,
+        body: body.to_owned(),
+        client_msg_id: None,
+        created_at: Utc::now().trunc_subsecs(3),
+        participants: vec![project.client(), project.provider()],
+    }
+}
+
+/// Publishes a message event the way the gateway does; returns its stream sequence.
+async fn publish_message(js: &jetstream::Context, event: &MessagePosted) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+    js.publish_with_headers(
+        subjects::conversation_messages(event.conversation_id),
+        headers,
+        serde_json::to_vec(event).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+    .sequence
+}
+
+async fn stored_count(db: &TestDatabase, conversation: Uuid) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE conversation_id = $1")
+        .bind(conversation)
+        .fetch_one(db.store().pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts() {
+    let env = env().await;
+    let project = ProjectFixture::new("Logo design");
+    // Published twice, with no worker running.
+    project.publish_started(&env.js).await;
+    project.publish_started(&env.js).await;
+
+    let shutdown = spawn_worker(&env);
+    conversation_exists(&env.db, &project).await;
+    // Both events are consumed before we count.
+    eventually("both started events to be acked", PATIENCE, || async {
+        let stream = env.js.get_stream(parley_nats::PROJECTS_STREAM).await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("parley-persistence-projects").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.ack_floor.stream_sequence == 2).then_some(())
+    })
+    .await;
+
+    let pool = env.db.store();
+    let conversations: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+        .fetch_one(pool.pool())
+        .await
+        .unwrap();
+    let participants: i64 = sqlx::query_scalar("SELECT count(*) FROM participants")
+        .fetch_one(pool.pool())
+        .await
+        .unwrap();
+    assert_eq!((conversations, participants), (1, 2));
+
+    let store = env.db.store();
+    let id = project.conversation_id();
+    let client_view = store
+        .access(id, project.client())
+        .await
+        .unwrap()
+        .expect("client sees it");
+    assert_eq!(client_view.participants.len(), 2);
+    assert!(store.access(id, project.provider()).await.unwrap().is_some());
+    assert!(
+        store.access(id, Uuid::new_v4()).await.unwrap().is_none(),
+        "a stranger must not see it"
+    );
+    assert!(store.conversations_of(Uuid::new_v4()).await.unwrap().is_empty());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_closed_project_turns_its_conversation_read_only_and_closing_twice_is_harmless() {
+    let env = env().await;
+    let project = ProjectFixture::new("Closing");
+    project.publish_started(&env.js).await;
+    project.publish_closed(&env.js).await;
+    project.publish_closed(&env.js).await;
+    let shutdown = spawn_worker(&env);
+    let store = env.db.store();
+    let id = project.conversation_id();
+    eventually("the conversation to close", PATIENCE, || async {
+        let access = store.access(id, project.client()).await.ok()??;
+        (access.status == parley_domain::ConversationStatus::Closed).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last_message() {
+    let env = env().await;
+    let project = ProjectFixture::new("Messages");
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(&env);
+    conversation_exists(&env.db, &project).await;
+
+    let first = message_event(&project, project.client(), "hello");
+    let second = message_event(&project, project.provider(), &"é".repeat(200));
+    let seq1 = publish_message(&env.js, &first).await;
+    let seq2 = publish_message(&env.js, &second).await;
+    // The same event again on the stream (as after a publish beyond the duplicate window).
+    let mut again = first.clone();
+    again.body = "a different body must not replace the first".into();
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    client
+        .publish(
+            subjects::conversation_messages(project.conversation_id()),
+            serde_json::to_vec(&again).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let store = env.db.store();
+    let id = project.conversation_id();
+    eventually("both messages stored", PATIENCE, || async {
+        (stored_count(&env.db, id).await == 2).then_some(())
+    })
+    .await;
+    let page = store
+        .history(
+            id,
+            HistoryQuery {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![seq1 as i64, seq2 as i64]);
+    assert_eq!(page.messages[0].body, "hello");
+    assert_eq!(page.messages[0].sender_id, project.client());
+
+    let conversation = store.conversation_of(project.client(), id).await.unwrap().unwrap();
+    let last = conversation.last_message.expect("a last message");
+    assert_eq!(last.id, second.id);
+    assert_eq!(last.preview.chars().count(), 120);
+    assert_eq!(
+        conversation.unread_count, 1,
+        "the provider's one message is unread for the client"
+    );
+    let provider_view = store.conversation_of(project.provider(), id).await.unwrap().unwrap();
+    assert_eq!(provider_view.unread_count, 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_redelivery_inside_one_batch_and_a_duplicate_across_batches_leave_one_row() {
+    let env = env().await;
+    let project = ProjectFixture::new("Dedup");
+    env.db.store().apply_project_started(&project.event).await.unwrap();
+    let store = env.db.store();
+    let row = |seq: i64, id: Uuid| MessageRow {
+        id,
+        conversation_id: project.conversation_id(),
+        seq,
+        sender_id: project.client(),
+        body: format!("body {seq}"),
+        client_msg_id: None,
+        created_at: Utc::now(),
+    };
+    let id = Uuid::now_v7();
+    let inserted = store.insert_messages(&[row(7, id), row(7, id)]).await.unwrap();
+    assert_eq!(inserted, 1);
+    let inserted = store
+        .insert_messages(&[row(7, id), row(9, Uuid::now_v7())])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    // A late, lower sequence never moves the last message back.
+    store.insert_messages(&[row(3, Uuid::now_v7())]).await.unwrap();
+    assert_eq!(stored_count(&env.db, project.conversation_id()).await, 3);
+    let conversation = store
+        .conversation_of(project.client(), project.conversation_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conversation.last_message.unwrap().seq, 9);
+}
+
+#[tokio::test]
+async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_flowing() {
+    let env = env().await;
+    let project = ProjectFixture::new("Poison");
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(&env);
+    conversation_exists(&env.db, &project).await;
+
+    let intruder = message_event(&project, Uuid::new_v4(), "I am not a participant");
+    publish_message(&env.js, &intruder).await;
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    client
+        .publish(
+            subjects::conversation_messages(project.conversation_id()),
+            "not json".into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let good = message_event(&project, project.provider(), "still flowing");
+    publish_message(&env.js, &good).await;
+
+    let store = env.db.store();
+    let id = project.conversation_id();
+    eventually("the good message stored", PATIENCE, || async {
+        store.message(id, good.id).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    assert_eq!(stored_count(&env.db, id).await, 1, "only the valid message is stored");
+
+    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
+    let consumer = dead
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut letters = consumer.messages().await.unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let letter = tokio::time::timeout(PATIENCE, letters.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let letter: parley_events::DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+        reasons.push(letter.reason);
+    }
+    assert!(reasons.iter().any(|r| r.contains("not a participant")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("malformed")), "{reasons:?}");
+    shutdown.cancel();
+}
+
+fn spawn_worker_process(env: &Env) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_parley-persistence-worker"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("PARLEY_BATCH_SIZE", "50")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start the worker binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_repeatedly() {
+    let env = env().await;
+    let project = ProjectFixture::new("Chaos");
+    project.publish_started(&env.js).await;
+    let mut workers = vec![spawn_worker_process(&env), spawn_worker_process(&env)];
+    conversation_exists(&env.db, &project).await;
+
+    // Publish in rounds; after each, kill -9 one of the two workers (alternating) and start a
+    // fresh one, so workers die with batches in hand while messages keep arriving.
+    const ROUNDS: usize = 8;
+    const PER_ROUND: usize = 75;
+    const MESSAGES: usize = ROUNDS * PER_ROUND;
+    let conversation = project.conversation_id();
+    let mut acked = Vec::with_capacity(MESSAGES);
+    for round in 0..ROUNDS {
+        for i in 0..PER_ROUND {
+            let sender = if i % 2 == 0 {
+                project.client()
+            } else {
+                project.provider()
+            };
+            let event = message_event(&project, sender, &format!("round {round} message {i}"));
+            let seq = publish_message(&env.js, &event).await;
+            acked.push((event.id, seq));
+        }
+        let victim = round % 2;
+        workers[victim].kill().unwrap();
+        workers[victim].wait().unwrap();
+        workers[victim] = spawn_worker_process(&env);
+    }
+    let expected: HashSet<Uuid> = acked.iter().map(|(id, _)| *id).collect();
+
+    eventually(
+        "every acknowledged message stored",
+        Duration::from_secs(120),
+        || async { (stored_count(&env.db, conversation).await as usize == MESSAGES).then_some(()) },
+    )
+    .await;
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT id, seq FROM messages WHERE conversation_id = $1 ORDER BY seq")
+        .bind(conversation)
+        .fetch_all(env.db.store().pool())
+        .await
+        .unwrap();
+    let stored: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(rows.len(), MESSAGES, "no message stored twice");
+    assert_eq!(stored, expected, "exactly the acknowledged messages");
+    for (id, seq) in &acked {
+        assert!(
+            rows.contains(&(*id, *seq as i64)),
+            "message {id} stored with its stream sequence"
+        );
+    }
+    // History returns them in seq order, across pages.
+    let store = env.db.store();
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let page = store
+            .history(
+                conversation,
+                HistoryQuery {
+                    after_seq: Some(after),
+                    limit: 200,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        paged.extend(page.messages.iter().map(|m| m.seq));
+        if !page.has_more {
+            break;
+        }
+        after = *paged.last().unwrap();
+    }
+    let mut sorted = paged.clone();
+    sorted.sort_unstable();
+    assert_eq!(paged, sorted);
+    assert_eq!(paged.len(), MESSAGES);
+
+    // The shared consumer acknowledged everything the stream holds.
+    let last = env
+        .js
+        .get_stream(parley_nats::CHAT_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    eventually(
+        "the ack floor to reach the stream's last sequence",
+        Duration::from_secs(60),
+        || async {
+            let stream = env.js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer("parley-persistence-chat").await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.ack_floor.stream_sequence == last).then_some(())
+        },
+    )
+    .await;
+    for mut worker in workers {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+}
