@@ -5,41 +5,56 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use parley_events::MessagePosted;
 use parley_events::subjects::{self, ConversationSubject, parse_conversation_subject};
 use socketioxide::SocketIo;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::socket::user_room;
 
-/// Runs until `shutdown`; recreates the consumer from the last delivered sequence if it fails.
-pub async fn run(js: jetstream::Context, io: SocketIo, shutdown: CancellationToken) {
-    let mut resume_after: Option<u64> = None;
-    while !shutdown.is_cancelled() {
-        match follow(&js, &io, &shutdown, &mut resume_after).await {
-            Ok(()) => return,
-            Err(error) => {
-                warn!(%error, "fan-out consumer failed; recreating");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+/// Subscribes first, so that nothing accepted after this returns is missed, then runs until
+/// `shutdown` in a task of its own; a failed consumer is recreated after the last delivered
+/// sequence.
+pub async fn start(
+    js: jetstream::Context,
+    io: SocketIo,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let first = subscribe(&js, None).await?;
+    Ok(tokio::spawn(async move {
+        let mut resume_after: Option<u64> = None;
+        let mut messages = Some(first);
+        while !shutdown.is_cancelled() {
+            let stream = match messages.take() {
+                Some(stream) => Ok(stream),
+                None => subscribe(&js, resume_after).await,
+            };
+            let outcome = match stream {
+                Ok(stream) => follow(stream, &io, &shutdown, &mut resume_after).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(%error, "fan-out consumer failed; recreating");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
             }
         }
-    }
+    }))
 }
 
-async fn follow(
-    js: &jetstream::Context,
-    io: &SocketIo,
-    shutdown: &CancellationToken,
-    resume_after: &mut Option<u64>,
-) -> anyhow::Result<()> {
+async fn subscribe(js: &jetstream::Context, resume_after: Option<u64>) -> anyhow::Result<Ordered> {
     let stream = js.get_stream_no_info(parley_nats::CHAT_STREAM).await?;
-    let deliver_policy = match *resume_after {
+    let deliver_policy = match resume_after {
         Some(seq) => DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
         },
@@ -52,7 +67,15 @@ async fn follow(
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.messages().await?;
+    Ok(consumer.messages().await?)
+}
+
+async fn follow(
+    mut messages: Ordered,
+    io: &SocketIo,
+    shutdown: &CancellationToken,
+    resume_after: &mut Option<u64>,
+) -> anyhow::Result<()> {
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -94,11 +94,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then closes every socket and drains HTTP requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "gateway listening");
-        let fanout = tokio::spawn(fanout::run(
-            self.state.messaging.js.clone(),
-            self.io.clone(),
-            shutdown.clone(),
-        ));
+        let fanout = fanout::start(self.state.messaging.js.clone(), self.io.clone(), shutdown.clone()).await?;
         let io = self.io.clone();
         let stopping = shutdown.clone();
         axum::serve(self.listener, self.router)
