@@ -130,7 +130,7 @@ CONV_ID="$(printf '%s\n' "$out" | grep -Eio '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}
 
 mint() {
   local tok
-  tok="$("$BIN_DIR/parley" token mint --secret "$PARLEY_JWT_SECRET" --user-id "$1" --ttl-hours 24)"
+  tok="$("$BIN_DIR/parley" token mint --secret="$PARLEY_JWT_SECRET" --user-id "$1" --ttl-hours 24)"
   tok="$(printf '%s\n' "$tok" | sed '/^[[:space:]]*$/d' | tail -n 1 | tr -d '[:space:]')"
   [[ -n "$tok" ]] || parley_die "parley token mint printed no token"
   printf '%s\n' "$tok"
