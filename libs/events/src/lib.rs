@@ -104,6 +104,15 @@ pub struct ReadMarked {
     pub participants: Vec<Uuid>,
 }
 
+/// `parley.conv.<id>.typing` (core NATS): a participant started or stopped typing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingChanged {
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    pub is_typing: bool,
+}
+
 /// `parley.deadletter.<source>`: an event that can never apply, with why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -207,3 +207,28 @@ impl Store {
         Ok(message)
     }
 }
+
+impl Store {
+    /// The participant's read mark (0 when they have read nothing, or are no participant).
+    pub async fn read_mark(&self, conversation_id: Uuid, user_id: Uuid) -> Result<i64, StoreError> {
+        let mark = sqlx::query_scalar!(
+            "SELECT last_read_seq FROM participants WHERE conversation_id = $1 AND user_id = $2",
+            conversation_id,
+            user_id,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(mark.unwrap_or(0))
+    }
+
+    /// The sequence of the conversation's latest stored message, if any.
+    pub async fn latest_seq(&self, conversation_id: Uuid) -> Result<Option<i64>, StoreError> {
+        let seq = sqlx::query_scalar!(
+            "SELECT last_message_seq FROM conversations WHERE id = $1",
+            conversation_id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(seq.flatten())
+    }
+}

@@ -1,20 +1,25 @@
 //! Live delivery. Each gateway instance reads the chat stream with its own ordered consumer
-//! (deliver new) and emits every event to the rooms of the conversation's participants, so a
-//! message reaches every socket of both users whichever instance accepted it, exactly once per
-//! socket: one stream message, one emit, and a socket sits only in its own user's room.
+//! (deliver new) and hands every event to the local sockets of the conversation's participants,
+//! so it reaches every socket of both users whichever instance accepted it. Messages pass each
+//! socket's [`SocketSession`](crate::session::SocketSession) gate, which makes them exactly-once
+//! per socket even while a replay runs; read-mark moves go to the participants' rooms.
 
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
-use parley_events::MessagePosted;
+use parley_domain::model::rfc3339;
 use parley_events::subjects::{self, ConversationSubject, parse_conversation_subject};
+use parley_events::{MessagePosted, ReadMarked};
+use serde_json::json;
 use socketioxide::SocketIo;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::recent::RecentMessages;
+use crate::session::SocketSession;
 use crate::socket::user_room;
 
 /// Subscribes first, so that nothing accepted after this returns is missed, then runs until
@@ -23,9 +28,11 @@ use crate::socket::user_room;
 pub async fn start(
     js: jetstream::Context,
     io: SocketIo,
+    recent: RecentMessages,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let first = subscribe(&js, None).await?;
+    let target = Target { io, recent };
     Ok(tokio::spawn(async move {
         let mut resume_after: Option<u64> = None;
         let mut messages = Some(first);
@@ -35,7 +42,7 @@ pub async fn start(
                 None => subscribe(&js, resume_after).await,
             };
             let outcome = match stream {
-                Ok(stream) => follow(stream, &io, &shutdown, &mut resume_after).await,
+                Ok(stream) => follow(stream, &target, &shutdown, &mut resume_after).await,
                 Err(error) => Err(error),
             };
             match outcome {
@@ -62,7 +69,7 @@ async fn subscribe(js: &jetstream::Context, resume_after: Option<u64>) -> anyhow
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subjects: vec![subjects::ALL_MESSAGES.to_owned()],
+            filter_subjects: vec![subjects::ALL_MESSAGES.to_owned(), subjects::ALL_READS.to_owned()],
             deliver_policy,
             ..Default::default()
         })
@@ -72,7 +79,7 @@ async fn subscribe(js: &jetstream::Context, resume_after: Option<u64>) -> anyhow
 
 async fn follow(
     mut messages: Ordered,
-    io: &SocketIo,
+    target: &Target,
     shutdown: &CancellationToken,
     resume_after: &mut Option<u64>,
 ) -> anyhow::Result<()> {
@@ -92,19 +99,59 @@ async fn follow(
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
         *resume_after = Some(seq);
-        if let Some(ConversationSubject::Message(_)) = parse_conversation_subject(&message.subject) {
-            match serde_json::from_slice::<MessagePosted>(&message.payload) {
-                Ok(event) => deliver_message(io, event, seq).await,
+        match parse_conversation_subject(&message.subject) {
+            Some(ConversationSubject::Message(_)) => match serde_json::from_slice::<MessagePosted>(&message.payload) {
+                Ok(event) => target.deliver_message(event, seq),
                 Err(error) => debug!(%error, seq, "skipping a malformed message event"),
-            }
+            },
+            Some(ConversationSubject::Read(..)) => match serde_json::from_slice::<ReadMarked>(&message.payload) {
+                Ok(event) => target.deliver_read(event).await,
+                Err(error) => debug!(%error, seq, "skipping a malformed read event"),
+            },
+            _ => {}
         }
     }
 }
 
-async fn deliver_message(io: &SocketIo, event: MessagePosted, seq: u64) {
-    let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
-    let message = event.into_message(seq);
-    if let Err(error) = io.to(rooms).emit("message:new", &message).await {
-        warn!(%error, "emitting message:new failed");
+/// Where events go: this instance's sockets.
+struct Target {
+    io: SocketIo,
+    recent: RecentMessages,
+}
+
+impl Target {
+    fn deliver_message(&self, event: MessagePosted, seq: u64) {
+        let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
+        let message = event.into_message(seq);
+        self.recent.remember(message.id, message.conversation_id, message.seq);
+        for socket in self.io.to(rooms).sockets() {
+            let Some(session) = socket.extensions.get::<SocketSession>() else {
+                continue;
+            };
+            let mut deliveries = session.lock();
+            if deliveries.admit_live(&message) {
+                let _ = socket.emit("message:new", &message);
+            }
+        }
+    }
+
+    async fn deliver_read(&self, event: ReadMarked) {
+        let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
+        let read_at = rfc3339::format(&event.read_at);
+        let (name, payload) = match event.message_id {
+            Some(message_id) => (
+                "message:read",
+                json!({ "conversationId": event.conversation_id, "messageId": message_id, "seq": event.seq,
+                        "userId": event.user_id, "readAt": read_at }),
+            ),
+            None => (
+                "conversation:read",
+                json!({ "conversationId": event.conversation_id, "userId": event.user_id,
+                        "lastReadSeq": event.seq, "readAt": read_at }),
+            ),
+        };
+        if let Err(error) = self.io.to(rooms).emit(name, &payload).await {
+            warn!(%error, "emitting {name} failed");
+        }
     }
 }

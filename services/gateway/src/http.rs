@@ -6,7 +6,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/{id}", get(get_conversation))
         .route("/v1/conversations/{id}/messages", get(history).post(send_message))
+        .route("/v1/conversations/{id}/read", post(mark_read))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async {
@@ -102,6 +103,33 @@ async fn send_message(
         StatusCode::OK
     };
     Ok((status, Json(json!({ "message": sent.message }))))
+}
+
+/// `POST /v1/conversations/{id}/read` with an optional `{messageId}`; an empty body marks all.
+async fn mark_read(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_conversation_id(&id)?;
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|_| ApiError::invalid_request("body must be a JSON object"))?
+    };
+    let Value::Object(body) = body else {
+        return Err(ApiError::invalid_request("body must be a JSON object"));
+    };
+    let message_id = match body.get("messageId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => {
+            Some(uuid::Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("messageId must be a UUID"))?)
+        }
+        Some(_) => return Err(ApiError::invalid_request("messageId must be a UUID string")),
+    };
+    let last_read_seq = state.messaging.mark_read(user, id, message_id).await?;
+    Ok(Json(json!({ "lastReadSeq": last_read_seq })))
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

@@ -11,7 +11,11 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod messaging;
+pub mod recent;
+pub mod replay;
+pub mod session;
 pub mod socket;
+pub mod typing;
 
 use std::net::SocketAddr;
 
@@ -26,6 +30,8 @@ pub use config::Config;
 
 use crate::auth::Authenticator;
 use crate::messaging::Messaging;
+use crate::recent::RecentMessages;
+use crate::typing::TypingPublisher;
 
 /// Largest Socket.IO packet a client may send: a 5000-character body is at most ~30 KiB of JSON.
 const MAX_PACKET_BYTES: usize = 128 * 1024;
@@ -35,6 +41,7 @@ const MAX_PACKET_BYTES: usize = 128 * 1024;
 pub struct AppState {
     pub auth: Authenticator,
     pub messaging: Messaging,
+    pub typing: TypingPublisher,
     pub nats: async_nats::Client,
 }
 
@@ -60,7 +67,12 @@ impl Application {
             .context("applying streams")?;
         let state = AppState {
             auth: Authenticator::new(&config.jwt_secret),
-            messaging: Messaging { store, js },
+            messaging: Messaging {
+                store,
+                js,
+                recent: RecentMessages::default(),
+            },
+            typing: TypingPublisher::new(nats.clone()),
             nats,
         };
         let (layer, io) = SocketIo::builder()
@@ -94,7 +106,14 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then closes every socket and drains HTTP requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "gateway listening");
-        let fanout = fanout::start(self.state.messaging.js.clone(), self.io.clone(), shutdown.clone()).await?;
+        let fanout = fanout::start(
+            self.state.messaging.js.clone(),
+            self.io.clone(),
+            self.state.messaging.recent.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let typing = typing::start_relay(self.state.nats.clone(), self.io.clone(), shutdown.clone()).await?;
         let io = self.io.clone();
         let stopping = shutdown.clone();
         axum::serve(self.listener, self.router)
@@ -106,6 +125,7 @@ impl Application {
             .await?;
         shutdown.cancel();
         let _ = fanout.await;
+        let _ = typing.await;
         Ok(())
     }
 }

@@ -5,17 +5,20 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{SubsecRound, Utc};
 use parley_domain::error::Refusal;
 use parley_domain::validation::{validate_body, validate_client_msg_id};
 use parley_domain::{Conversation, ConversationStatus, ErrorCode, Message, ids};
-use parley_events::{MessagePosted, subjects};
+use parley_events::{MessagePosted, ReadMarked, subjects};
 use parley_store::{ConversationAccess, HistoryPage, HistoryQuery, Store};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::UserId;
 use crate::error::ApiError;
+use crate::recent::RecentMessages;
 
 /// Largest history page.
 pub const MAX_PAGE: i64 = 200;
@@ -42,7 +45,13 @@ pub struct Sent {
 pub struct Messaging {
     pub store: Store,
     pub js: jetstream::Context,
+    pub recent: RecentMessages,
 }
+
+/// How often a read-mark move is retried when another device moved the mark at the same time.
+const MARK_ATTEMPTS: usize = 8;
+/// How long `markRead` waits for a message it does not know yet (sent a moment ago elsewhere).
+const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Parses a conversation id; a malformed one is an `invalid_request`.
 pub fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -176,11 +185,7 @@ impl Messaging {
 
     /// The first message of a send JetStream found to be a duplicate, read back from the stream.
     async fn original_of(&self, sequence: u64) -> Result<Message, ApiError> {
-        let stream = self
-            .js
-            .get_stream_no_info(parley_nats::CHAT_STREAM)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("stream: {e}")))?;
+        let stream = self.chat_stream().await?;
         let stored = tokio::time::timeout(Duration::from_secs(5), stream.direct_get(sequence))
             .await
             .map_err(|_| ApiError::Unavailable("direct get timed out".into()))?
@@ -209,5 +214,111 @@ impl Messaging {
     ) -> Result<HistoryPage, ApiError> {
         self.access(user, conversation_id).await?;
         Ok(self.store.history(conversation_id, query).await?)
+    }
+
+    /// Moves the caller's read mark forward, to `message_id`'s sequence or to the latest message,
+    /// and returns the mark. The mark lives on its own subject in the chat stream; a move is
+    /// published only if no other device moved it since it was read (JetStream's expected last
+    /// subject sequence), so concurrent reads from two devices never publish a backward or
+    /// duplicate move, and a call that does not move the mark publishes (and emits) nothing.
+    pub async fn mark_read(
+        &self,
+        user: UserId,
+        conversation_id: Uuid,
+        message_id: Option<Uuid>,
+    ) -> Result<i64, ApiError> {
+        let access = self.access(user, conversation_id).await?;
+        let target = match message_id {
+            Some(id) => self.seq_of_message(conversation_id, id).await?,
+            None => self.latest_seq(conversation_id).await?,
+        };
+        let subject = subjects::conversation_reads(conversation_id, user.0);
+        for _ in 0..MARK_ATTEMPTS {
+            let (current, subject_seq) = self.current_mark(conversation_id, user, &subject).await?;
+            if target <= current {
+                return Ok(current);
+            }
+            let event = ReadMarked {
+                conversation_id,
+                user_id: user.0,
+                seq: target,
+                message_id,
+                read_at: Utc::now().trunc_subsecs(3),
+                participants: access.participants.clone(),
+            };
+            let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Subject-Sequence", subject_seq.to_string().as_str());
+            let published = self
+                .js
+                .publish_with_headers(subject.clone(), headers, payload.into())
+                .await;
+            let acked = match published {
+                Ok(ack) => ack.await,
+                Err(e) => return Err(ApiError::Unavailable(format!("publish read: {e}"))),
+            };
+            match acked {
+                Ok(_) => return Ok(target),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(ApiError::Unavailable(format!("publish read ack: {e}"))),
+            }
+        }
+        Err(ApiError::Unavailable("the read mark kept moving; retry".into()))
+    }
+
+    /// The caller's current mark and the stream sequence of the event that set it (0: none in the
+    /// stream, either never marked or aged out, when Postgres holds the mark).
+    async fn current_mark(&self, conversation_id: Uuid, user: UserId, subject: &str) -> Result<(i64, u64), ApiError> {
+        let stream = self.chat_stream().await?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(stored) => {
+                let event: ReadMarked = serde_json::from_slice(&stored.payload)
+                    .map_err(|e| ApiError::Unavailable(format!("stored read event: {e}")))?;
+                Ok((event.seq, stored.sequence))
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                Ok((self.store.read_mark(conversation_id, user.0).await?, 0))
+            }
+            Err(e) => Err(ApiError::Unavailable(format!("read mark: {e}"))),
+        }
+    }
+
+    /// The latest message's sequence: the stream knows it first; Postgres once it aged out.
+    async fn latest_seq(&self, conversation_id: Uuid) -> Result<i64, ApiError> {
+        let stream = self.chat_stream().await?;
+        match stream
+            .direct_get_last_for_subject(subjects::conversation_messages(conversation_id))
+            .await
+        {
+            Ok(stored) => Ok(i64::try_from(stored.sequence).unwrap_or(i64::MAX)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                Ok(self.store.latest_seq(conversation_id).await?.unwrap_or(0))
+            }
+            Err(e) => Err(ApiError::Unavailable(format!("latest message: {e}"))),
+        }
+    }
+
+    /// The sequence of one message of the conversation; `not_found` if it is not one of its.
+    async fn seq_of_message(&self, conversation_id: Uuid, message_id: Uuid) -> Result<i64, ApiError> {
+        let deadline = tokio::time::Instant::now() + UNKNOWN_MESSAGE_PATIENCE;
+        loop {
+            if let Some(seq) = self.recent.seq_of(message_id, conversation_id) {
+                return Ok(seq);
+            }
+            if let Some(message) = self.store.message(conversation_id, message_id).await? {
+                return Ok(message.seq);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::new(ErrorCode::NotFound, "message not found").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn chat_stream(&self) -> Result<jetstream::stream::Stream<()>, ApiError> {
+        self.js
+            .get_stream_no_info(parley_nats::CHAT_STREAM)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("stream: {e}")))
     }
 }

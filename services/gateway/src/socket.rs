@@ -6,15 +6,23 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::UserId;
 use crate::error::ApiError;
 use crate::messaging::{parse_conversation_id, parse_history_bounds, parse_send};
+use crate::replay::replay;
+use crate::session::SocketSession;
 
 /// The room every socket of `user` joins, so that one emit reaches all their devices.
-pub fn user_room(user: uuid::Uuid) -> String {
+pub fn user_room(user: Uuid) -> String {
     format!("user:{user}")
+}
+
+/// The room of the sockets that joined a conversation: they get its typing signals.
+pub fn conversation_room(conversation: Uuid) -> String {
+    format!("conv:{conversation}")
 }
 
 /// Registers the default namespace.
@@ -41,6 +49,7 @@ async fn authenticate(
         .map(str::to_owned);
     let user = token.and_then(|t| state.auth.verify(&t)).ok_or(Unauthorized)?;
     socket.extensions.insert(user);
+    socket.extensions.insert(SocketSession::new(user));
     Ok(())
 }
 
@@ -49,7 +58,19 @@ async fn on_connect(socket: SocketRef, Extension(user): Extension<UserId>) {
     socket.on("message:send", message_send);
     socket.on("conversation:list", conversation_list);
     socket.on("conversation:history", conversation_history);
+    socket.on("conversation:join", conversation_join);
+    socket.on("conversation:leave", conversation_leave);
+    socket.on("conversation:typing", conversation_typing);
+    socket.on("conversation:markRead", conversation_mark_read);
     socket.on_fallback(unknown_event);
+    socket.on_disconnect(on_disconnect);
+}
+
+/// A disconnect ends this socket's typing everywhere it was typing.
+async fn on_disconnect(Extension(session): Extension<SocketSession>, State(state): State<AppState>) {
+    for conversation in session.take_all_typing() {
+        let _ = state.typing.signal(session.user.0, conversation, false).await;
+    }
 }
 
 /// Sends the ack, if the client asked for one.
@@ -94,6 +115,25 @@ async fn conversation_list(Extension(user): Extension<UserId>, ack: AckSender, S
     answer(ack, result.await);
 }
 
+/// The payload's `conversationId`, which must be a UUID string.
+fn conversation_id_of(payload: &Value) -> Result<Uuid, ApiError> {
+    match payload.get("conversationId") {
+        Some(Value::String(raw)) => parse_conversation_id(raw),
+        _ => Err(ApiError::invalid_request("conversationId must be a UUID string")),
+    }
+}
+
+/// An optional non-negative integer field.
+fn optional_seq(payload: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    match payload.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_request(format!("{name} must be an integer"))),
+    }
+}
+
 async fn conversation_history(
     Extension(user): Extension<UserId>,
     TryData(payload): TryData<Value>,
@@ -102,22 +142,118 @@ async fn conversation_history(
 ) {
     let result = async {
         let payload = object(payload)?;
-        let conversation_id = match payload.get("conversationId") {
-            Some(Value::String(raw)) => parse_conversation_id(raw)?,
-            _ => return Err(ApiError::invalid_request("conversationId must be a UUID string")),
-        };
-        let bound = |name: &str| -> Result<Option<i64>, ApiError> {
-            match payload.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| ApiError::invalid_request(format!("{name} must be an integer"))),
-            }
-        };
-        let query = parse_history_bounds(bound("beforeSeq")?, bound("afterSeq")?, bound("limit")?)?;
+        let conversation_id = conversation_id_of(&payload)?;
+        let query = parse_history_bounds(
+            optional_seq(&payload, "beforeSeq")?,
+            optional_seq(&payload, "afterSeq")?,
+            optional_seq(&payload, "limit")?,
+        )?;
         let page = state.messaging.history(user, conversation_id, query).await?;
         Ok(json!({ "ok": true, "messages": page.messages, "hasMore": page.has_more }))
+    };
+    answer(ack, result.await);
+}
+
+/// Checks membership, subscribes the socket to typing, replays what it missed, then acks.
+async fn conversation_join(
+    socket: SocketRef,
+    Extension(session): Extension<SocketSession>,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    let result = async {
+        let payload = object(payload)?;
+        let conversation_id = conversation_id_of(&payload)?;
+        let last_seq = optional_seq(&payload, "lastSeq")?;
+        if last_seq.is_some_and(|s| s < 0) {
+            return Err(ApiError::invalid_request("lastSeq must not be negative"));
+        }
+        let user = session.user;
+        state.messaging.access(user, conversation_id).await?;
+        socket.join(conversation_room(conversation_id));
+        session.joined(conversation_id);
+        let _one_join_at_a_time = session.join_lock.lock().await;
+        let after_seq = match last_seq {
+            Some(seq) => seq,
+            None => state.messaging.store.read_mark(conversation_id, user.0).await?,
+        };
+        let outcome = replay(&state.messaging, &socket, &session, conversation_id, after_seq).await?;
+        let conversation = state.messaging.conversation(user, conversation_id).await?;
+        Ok(
+            json!({ "ok": true, "conversation": conversation, "replayed": outcome.replayed, "complete": outcome.complete }),
+        )
+    };
+    answer(ack, result.await);
+}
+
+/// Unsubscribes the socket from the conversation's typing; ends its typing there.
+async fn conversation_leave(
+    socket: SocketRef,
+    Extension(session): Extension<SocketSession>,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    let result = async {
+        let conversation_id = conversation_id_of(&object(payload)?)?;
+        if !session.has_joined(conversation_id) {
+            state.messaging.access(session.user, conversation_id).await?;
+        }
+        socket.leave(conversation_room(conversation_id));
+        session.left(conversation_id);
+        if session.stop_typing(conversation_id) {
+            state.typing.signal(session.user.0, conversation_id, false).await?;
+        }
+        Ok(json!({ "ok": true }))
+    };
+    answer(ack, result.await);
+}
+
+async fn conversation_typing(
+    Extension(session): Extension<SocketSession>,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    let result = async {
+        let payload = object(payload)?;
+        let conversation_id = conversation_id_of(&payload)?;
+        let Some(is_typing) = payload.get("isTyping").and_then(Value::as_bool) else {
+            return Err(ApiError::invalid_request("isTyping must be a boolean"));
+        };
+        if !session.has_joined(conversation_id) {
+            state.messaging.access(session.user, conversation_id).await?;
+        }
+        if is_typing {
+            session.start_typing(conversation_id);
+        } else {
+            session.stop_typing(conversation_id);
+        }
+        state.typing.signal(session.user.0, conversation_id, is_typing).await?;
+        Ok(json!({ "ok": true }))
+    };
+    answer(ack, result.await);
+}
+
+async fn conversation_mark_read(
+    Extension(user): Extension<UserId>,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    let result = async {
+        let payload = object(payload)?;
+        let conversation_id = conversation_id_of(&payload)?;
+        let message_id = match payload.get("messageId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(raw)) => {
+                Some(Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("messageId must be a UUID"))?)
+            }
+            Some(_) => return Err(ApiError::invalid_request("messageId must be a UUID string")),
+        };
+        let last_read_seq = state.messaging.mark_read(user, conversation_id, message_id).await?;
+        Ok(json!({ "ok": true, "lastReadSeq": last_read_seq }))
     };
     answer(ack, result.await);
 }

@@ -86,13 +86,16 @@ fn classify(message: &jetstream::Message) -> Classified {
             };
             Classified::Message(row)
         }
-        Some(ConversationSubject::Read(conversation_id)) => {
+        Some(ConversationSubject::Read(conversation_id, reader)) => {
             let event: ReadMarked = match serde_json::from_slice(&message.payload) {
                 Ok(event) => event,
                 Err(e) => return Classified::Dead(format!("malformed read event: {e}")),
             };
-            if event.conversation_id != conversation_id {
-                return Classified::Dead("conversation id does not match the subject".into());
+            if event.conversation_id != conversation_id || event.user_id != reader {
+                return Classified::Dead("conversation or reader does not match the subject".into());
+            }
+            if event.seq < 1 {
+                return Classified::Dead("a read mark must be a positive sequence".into());
             }
             Classified::Read(ReadMarkRow {
                 conversation_id,

@@ -1,0 +1,207 @@
+//! What one socket has been sent, per conversation, so that replay and live delivery together
+//! give it every message exactly once and in order.
+//!
+//! Live delivery reaches a participant's socket from the moment it connects, in stream order; so
+//! the messages a socket got live are exactly those from its first live one onwards. A replay
+//! therefore only sends what lies before that point, and while it runs, live messages for that
+//! conversation are held and released after it, minus whatever the replay already covered. All
+//! decisions happen under one lock per socket, so the fan-out and a replay never both send a seq.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use parley_domain::Message;
+use uuid::Uuid;
+
+use crate::auth::UserId;
+
+/// Per-socket state, shared by the socket's handlers and the fan-out.
+#[derive(Clone)]
+pub struct SocketSession {
+    pub user: UserId,
+    inner: Arc<Mutex<Deliveries>>,
+    /// Serialises joins of one socket, so two replays never interleave.
+    pub join_lock: Arc<tokio::sync::Mutex<()>>,
+    rooms: Arc<Mutex<Rooms>>,
+}
+
+/// The conversations this socket joined, and those it is typing in.
+#[derive(Default)]
+struct Rooms {
+    joined: HashSet<Uuid>,
+    typing: HashSet<Uuid>,
+}
+
+#[derive(Default)]
+pub struct Deliveries {
+    conversations: HashMap<Uuid, Delivery>,
+}
+
+#[derive(Default)]
+struct Delivery {
+    /// The first message this socket got live; every later one it got live too.
+    first_live: Option<i64>,
+    /// The highest sequence this socket got, live or replayed.
+    last_delivered: i64,
+    /// Live messages held while a replay runs.
+    held: Option<Vec<Message>>,
+}
+
+impl SocketSession {
+    pub fn new(user: UserId) -> Self {
+        Self {
+            user,
+            inner: Arc::new(Mutex::new(Deliveries::default())),
+            join_lock: Arc::new(tokio::sync::Mutex::new(())),
+            rooms: Arc::default(),
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn joined(&self, conversation: Uuid) {
+        self.rooms().joined.insert(conversation);
+    }
+
+    pub fn left(&self, conversation: Uuid) {
+        self.rooms().joined.remove(&conversation);
+    }
+
+    /// Whether this socket joined (and so was checked as a participant of) `conversation`.
+    pub fn has_joined(&self, conversation: Uuid) -> bool {
+        self.rooms().joined.contains(&conversation)
+    }
+
+    pub fn start_typing(&self, conversation: Uuid) {
+        self.rooms().typing.insert(conversation);
+    }
+
+    /// Whether the socket was typing in `conversation`.
+    pub fn stop_typing(&self, conversation: Uuid) -> bool {
+        self.rooms().typing.remove(&conversation)
+    }
+
+    /// Every conversation the socket was typing in, forgetting them.
+    pub fn take_all_typing(&self) -> Vec<Uuid> {
+        self.rooms().typing.drain().collect()
+    }
+
+    /// The lock under which deliveries are decided and emitted.
+    pub fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Deliveries {
+    /// A live message arrives: `true` to emit it now; `false` when it is held for a running
+    /// replay or was already delivered.
+    pub fn admit_live(&mut self, message: &Message) -> bool {
+        let delivery = self.conversations.entry(message.conversation_id).or_default();
+        if let Some(held) = &mut delivery.held {
+            held.push(message.clone());
+            return false;
+        }
+        if message.seq <= delivery.last_delivered {
+            return false;
+        }
+        delivery.first_live.get_or_insert(message.seq);
+        delivery.last_delivered = message.seq;
+        true
+    }
+
+    /// Starts holding live messages of `conversation`; returns the first sequence this socket got
+    /// live, where the replay must stop.
+    pub fn begin_replay(&mut self, conversation: Uuid) -> Option<i64> {
+        let delivery = self.conversations.entry(conversation).or_default();
+        delivery.held.get_or_insert_with(Vec::new);
+        delivery.first_live
+    }
+
+    /// Ends the replay, which sent everything up to `replayed_through`; returns the held live
+    /// messages still to emit, in order, without any the replay or earlier delivery covered.
+    pub fn end_replay(&mut self, conversation: Uuid, replayed_through: i64) -> Vec<Message> {
+        let delivery = self.conversations.entry(conversation).or_default();
+        let mut held = delivery.held.take().unwrap_or_default();
+        held.sort_by_key(|m| m.seq);
+        delivery.last_delivered = delivery.last_delivered.max(replayed_through);
+        let mut release = Vec::new();
+        for message in held {
+            if message.seq > delivery.last_delivered {
+                delivery.first_live.get_or_insert(message.seq);
+                delivery.last_delivered = message.seq;
+                release.push(message);
+            }
+        }
+        release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn message(conversation: Uuid, seq: i64) -> Message {
+        Message {
+            id: Uuid::new_v4(),
+            conversation_id: conversation,
+            project_id: Uuid::nil(),
+            sender_id: Uuid::nil(),
+            body: format!("m{seq}"),
+            seq,
+            created_at: Utc::now(),
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn live_messages_are_emitted_once_in_order() {
+        let conv = Uuid::new_v4();
+        let mut d = Deliveries::default();
+        assert!(d.admit_live(&message(conv, 3)));
+        assert!(!d.admit_live(&message(conv, 3)), "a repeat is dropped");
+        assert!(d.admit_live(&message(conv, 5)));
+    }
+
+    #[test]
+    fn a_replay_stops_where_live_delivery_began_and_releases_what_it_held() {
+        let conv = Uuid::new_v4();
+        let mut d = Deliveries::default();
+        assert!(d.admit_live(&message(conv, 10)));
+        assert_eq!(d.begin_replay(conv), Some(10), "replay must stop before 10");
+        // Live messages during the replay are held, including one the replay will also read.
+        assert!(!d.admit_live(&message(conv, 11)));
+        assert!(!d.admit_live(&message(conv, 12)));
+        // The replay sent 4..=9 (below first_live); the held ones come out after, once each.
+        let released: Vec<i64> = d.end_replay(conv, 9).iter().map(|m| m.seq).collect();
+        assert_eq!(released, vec![11, 12]);
+        assert!(!d.admit_live(&message(conv, 12)));
+        assert!(d.admit_live(&message(conv, 13)));
+    }
+
+    #[test]
+    fn held_messages_the_replay_already_sent_are_dropped() {
+        let conv = Uuid::new_v4();
+        let mut d = Deliveries::default();
+        assert_eq!(d.begin_replay(conv), None);
+        assert!(!d.admit_live(&message(conv, 7)));
+        assert!(!d.admit_live(&message(conv, 8)));
+        // The replay read the stream up to 7 itself.
+        let released: Vec<i64> = d.end_replay(conv, 7).iter().map(|m| m.seq).collect();
+        assert_eq!(released, vec![8]);
+        // A late live copy of 7 (fan-out behind the replay) is not sent again.
+        assert!(!d.admit_live(&message(conv, 7)));
+    }
+
+    #[test]
+    fn conversations_are_independent() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut d = Deliveries::default();
+        d.begin_replay(a);
+        assert!(!d.admit_live(&message(a, 1)));
+        assert!(d.admit_live(&message(b, 2)));
+    }
+}
