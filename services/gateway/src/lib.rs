@@ -35,6 +35,9 @@ use crate::typing::TypingPublisher;
 
 /// Largest Socket.IO packet a client may send: a 5000-character body is at most ~30 KiB of JSON.
 const MAX_PACKET_BYTES: usize = 128 * 1024;
+/// Packets queued per socket before emits fail: a replay sends up to 1000 at once, plus live
+/// traffic. The queue grows only as used, so idle sockets do not pay for the bound.
+const SOCKET_BUFFER_PACKETS: usize = 4096;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -78,6 +81,7 @@ impl Application {
         let (layer, io) = SocketIo::builder()
             .with_state(state.clone())
             .max_payload(MAX_PACKET_BYTES as u64)
+            .max_buffer_size(SOCKET_BUFFER_PACKETS)
             .ws_max_message_size(MAX_PACKET_BYTES)
             .ws_max_frame_size(MAX_PACKET_BYTES)
             .build_layer();

@@ -116,6 +116,7 @@ impl Cursor<'_> {
             .state
             .first_sequence;
         let first_in_stream = i64::try_from(first_in_stream).unwrap_or(i64::MAX);
+        tracing::debug!(%conversation, after_seq, ?live_from, first_in_stream, "replay");
 
         // 1. What the stream no longer holds, from Postgres.
         if after_seq + 1 < first_in_stream {
@@ -148,6 +149,7 @@ impl Cursor<'_> {
         };
         let start = (after_seq + 1).max(first_in_stream).max(self.through + 1);
         let end = last.min(upper);
+        tracing::debug!(%conversation, start, end, "replay from the stream");
         if start > end {
             return Ok(true);
         }

@@ -6,6 +6,11 @@
 //! therefore only sends what lies before that point, and while it runs, live messages for that
 //! conversation are held and released after it, minus whatever the replay already covered. All
 //! decisions happen under one lock per socket, so the fan-out and a replay never both send a seq.
+//!
+//! A reconnecting client joins right after it connects. So that a message arriving in between
+//! does not overtake the replay (live seq 240 before replayed 230..239), live messages of a
+//! conversation the socket has not had anything of yet are held for a short grace after connect:
+//! a join releases them in order after its replay, and the end of the grace releases the rest.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,9 +37,10 @@ struct Rooms {
     typing: HashSet<Uuid>,
 }
 
-#[derive(Default)]
 pub struct Deliveries {
     conversations: HashMap<Uuid, Delivery>,
+    /// Within the grace after connect.
+    warming: bool,
 }
 
 #[derive(Default)]
@@ -43,15 +49,21 @@ struct Delivery {
     first_live: Option<i64>,
     /// The highest sequence this socket got, live or replayed.
     last_delivered: i64,
-    /// Live messages held while a replay runs.
+    /// Live messages held while a replay runs, or during the grace after connect.
     held: Option<Vec<Message>>,
+    replaying: bool,
+    /// A join replayed this conversation: live messages flow from then on, grace or not.
+    joined: bool,
 }
 
 impl SocketSession {
     pub fn new(user: UserId) -> Self {
         Self {
             user,
-            inner: Arc::new(Mutex::new(Deliveries::default())),
+            inner: Arc::new(Mutex::new(Deliveries {
+                conversations: HashMap::new(),
+                warming: true,
+            })),
             join_lock: Arc::new(tokio::sync::Mutex::new(())),
             rooms: Arc::default(),
         }
@@ -106,6 +118,10 @@ impl Deliveries {
         if message.seq <= delivery.last_delivered {
             return false;
         }
+        if self.warming && delivery.first_live.is_none() && !delivery.joined {
+            delivery.held = Some(vec![message.clone()]);
+            return false;
+        }
         delivery.first_live.get_or_insert(message.seq);
         delivery.last_delivered = message.seq;
         true
@@ -116,6 +132,7 @@ impl Deliveries {
     pub fn begin_replay(&mut self, conversation: Uuid) -> Option<i64> {
         let delivery = self.conversations.entry(conversation).or_default();
         delivery.held.get_or_insert_with(Vec::new);
+        delivery.replaying = true;
         delivery.first_live
     }
 
@@ -123,14 +140,33 @@ impl Deliveries {
     /// messages still to emit, in order, without any the replay or earlier delivery covered.
     pub fn end_replay(&mut self, conversation: Uuid, replayed_through: i64) -> Vec<Message> {
         let delivery = self.conversations.entry(conversation).or_default();
-        let mut held = delivery.held.take().unwrap_or_default();
+        delivery.replaying = false;
+        delivery.joined = true;
+        delivery.release(replayed_through)
+    }
+
+    /// Ends the grace after connect; returns the held live messages of every conversation no
+    /// replay is running for, each conversation's in order.
+    pub fn end_grace(&mut self) -> Vec<Message> {
+        self.warming = false;
+        self.conversations
+            .values_mut()
+            .filter(|d| !d.replaying)
+            .flat_map(|d| d.release(0))
+            .collect()
+    }
+}
+
+impl Delivery {
+    fn release(&mut self, replayed_through: i64) -> Vec<Message> {
+        let mut held = self.held.take().unwrap_or_default();
         held.sort_by_key(|m| m.seq);
-        delivery.last_delivered = delivery.last_delivered.max(replayed_through);
+        self.last_delivered = self.last_delivered.max(replayed_through);
         let mut release = Vec::new();
         for message in held {
-            if message.seq > delivery.last_delivered {
-                delivery.first_live.get_or_insert(message.seq);
-                delivery.last_delivered = message.seq;
+            if message.seq > self.last_delivered {
+                self.first_live.get_or_insert(message.seq);
+                self.last_delivered = message.seq;
                 release.push(message);
             }
         }
@@ -157,10 +193,18 @@ mod tests {
         }
     }
 
+    /// A session past its connect grace.
+    fn settled() -> Deliveries {
+        Deliveries {
+            conversations: HashMap::new(),
+            warming: false,
+        }
+    }
+
     #[test]
     fn live_messages_are_emitted_once_in_order() {
         let conv = Uuid::new_v4();
-        let mut d = Deliveries::default();
+        let mut d = settled();
         assert!(d.admit_live(&message(conv, 3)));
         assert!(!d.admit_live(&message(conv, 3)), "a repeat is dropped");
         assert!(d.admit_live(&message(conv, 5)));
@@ -169,7 +213,7 @@ mod tests {
     #[test]
     fn a_replay_stops_where_live_delivery_began_and_releases_what_it_held() {
         let conv = Uuid::new_v4();
-        let mut d = Deliveries::default();
+        let mut d = settled();
         assert!(d.admit_live(&message(conv, 10)));
         assert_eq!(d.begin_replay(conv), Some(10), "replay must stop before 10");
         // Live messages during the replay are held, including one the replay will also read.
@@ -185,7 +229,7 @@ mod tests {
     #[test]
     fn held_messages_the_replay_already_sent_are_dropped() {
         let conv = Uuid::new_v4();
-        let mut d = Deliveries::default();
+        let mut d = settled();
         assert_eq!(d.begin_replay(conv), None);
         assert!(!d.admit_live(&message(conv, 7)));
         assert!(!d.admit_live(&message(conv, 8)));
@@ -199,9 +243,30 @@ mod tests {
     #[test]
     fn conversations_are_independent() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut d = Deliveries::default();
+        let mut d = settled();
         d.begin_replay(a);
         assert!(!d.admit_live(&message(a, 1)));
         assert!(d.admit_live(&message(b, 2)));
+    }
+
+    #[test]
+    fn during_the_grace_a_join_keeps_live_messages_behind_its_replay() {
+        let (joined, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut d = Deliveries {
+            conversations: HashMap::new(),
+            warming: true,
+        };
+        assert!(!d.admit_live(&message(joined, 240)), "held during the grace");
+        assert!(!d.admit_live(&message(other, 5)));
+        assert_eq!(d.begin_replay(joined), None, "nothing was sent live yet");
+        assert!(!d.admit_live(&message(joined, 241)));
+        // The replay read through 240 itself.
+        let released: Vec<i64> = d.end_replay(joined, 240).iter().map(|m| m.seq).collect();
+        assert_eq!(released, vec![241]);
+        // The grace ends: the conversation nobody joined gets its held message.
+        let released: Vec<i64> = d.end_grace().iter().map(|m| m.seq).collect();
+        assert_eq!(released, vec![5]);
+        assert!(d.admit_live(&message(other, 6)));
+        assert!(d.admit_live(&message(joined, 242)));
     }
 }

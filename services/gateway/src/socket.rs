@@ -35,7 +35,16 @@ pub fn register(io: &SocketIo) {
 #[error("unauthorized")]
 pub struct Unauthorized;
 
-/// Connect middleware: `io(url, { auth: { token } })`.
+/// How long after connect live messages wait for a join (see [`SocketSession`]).
+const CONNECT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Connect middleware: `io(url, { auth: { token } })`, then the socket's whole setup.
+///
+/// The setup happens here rather than in the connect handler on purpose: socketioxide runs async
+/// connect handlers in a task of their own after telling the client it is connected, so a client
+/// emitting at once could beat the registration of the handlers (and the room join) there. The
+/// middleware completes before that packet is sent. A live message that reaches the socket
+/// before it counts as connected is held by its session's grace, not lost.
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
@@ -48,13 +57,9 @@ async fn authenticate(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let user = token.and_then(|t| state.auth.verify(&t)).ok_or(Unauthorized)?;
+    let session = SocketSession::new(user);
     socket.extensions.insert(user);
-    socket.extensions.insert(SocketSession::new(user));
-    Ok(())
-}
-
-async fn on_connect(socket: SocketRef, Extension(user): Extension<UserId>) {
-    socket.join(user_room(user.0));
+    socket.extensions.insert(session.clone());
     socket.on("message:send", message_send);
     socket.on("conversation:list", conversation_list);
     socket.on("conversation:history", conversation_history);
@@ -64,7 +69,20 @@ async fn on_connect(socket: SocketRef, Extension(user): Extension<UserId>) {
     socket.on("conversation:markRead", conversation_mark_read);
     socket.on_fallback(unknown_event);
     socket.on_disconnect(on_disconnect);
+    socket.join(user_room(user.0));
+    let graced = socket.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(CONNECT_GRACE).await;
+        let mut deliveries = session.lock();
+        for message in deliveries.end_grace() {
+            let _ = graced.emit("message:new", &message);
+        }
+    });
+    Ok(())
 }
+
+/// Everything is set up by [`authenticate`]; socketioxide still wants a connect handler.
+async fn on_connect() {}
 
 /// A disconnect ends this socket's typing everywhere it was typing.
 async fn on_disconnect(Extension(session): Extension<SocketSession>, State(state): State<AppState>) {

@@ -1,8 +1,8 @@
 //! Typing indicators, on core NATS only (never stored).
 //!
-//! The typer's gateway throttles what reaches NATS: a change of state goes out (a start at most
-//! every half second), a continued `true` is refreshed at most once a second, so a client
-//! emitting as fast as it can costs at most a few messages per second. Every gateway relays the
+//! The typer's gateway throttles what reaches NATS: a change of state goes out at most every
+//! 300 ms (a later one is deferred, never dropped), a continued `true` is refreshed at most once
+//! a second, so a client emitting as fast as it can costs at most a few messages per second. Every gateway relays the
 //! signals to its own sockets that joined the conversation, except the typer's, and owns the
 //! expiry: a `true` not refreshed within five seconds becomes `false`, so typing never sticks,
 //! not even when the typer's gateway dies.
@@ -28,66 +28,132 @@ use crate::socket::{conversation_room, user_room};
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 /// A continued `true` reaches NATS at most this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// A new `true` reaches NATS at most this soon after the previous signal.
-const MIN_GAP: Duration = Duration::from_millis(500);
+/// A change of state reaches NATS at most this soon after the previous signal.
+const MIN_GAP: Duration = Duration::from_millis(300);
 
-#[derive(Clone, Copy)]
-struct Sent {
-    typing: bool,
-    at: Instant,
+/// What one user's typing in one conversation looks like from NATS, and what they want it to be.
+struct Throttle {
+    sent: bool,
+    sent_at: Instant,
+    wanted: bool,
+    flush_scheduled: bool,
 }
 
-/// The typer's side: decides what reaches NATS.
+/// The typer's side: decides what reaches NATS. A change within [`MIN_GAP`] of the previous
+/// signal is not dropped but deferred, and the latest wish goes out when the gap has passed, so
+/// the receivers always end up with the typist's real state.
 #[derive(Clone)]
 pub struct TypingPublisher {
     nats: async_nats::Client,
-    sent: Arc<Mutex<HashMap<(Uuid, Uuid), Sent>>>,
+    state: Arc<Mutex<HashMap<(Uuid, Uuid), Throttle>>>,
+}
+
+enum Decision {
+    Publish(bool),
+    Defer(Instant),
+    Nothing,
 }
 
 impl TypingPublisher {
     pub fn new(nats: async_nats::Client) -> Self {
         Self {
             nats,
-            sent: Arc::default(),
+            state: Arc::default(),
         }
     }
 
-    /// Publishes `user`'s typing state in `conversation` unless the throttle holds it back.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, Uuid), Throttle>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `user`'s typing state in `conversation`, now or once the throttle allows.
     pub async fn signal(&self, user: Uuid, conversation: Uuid, typing: bool) -> Result<(), ApiError> {
         let now = Instant::now();
-        let publish = {
-            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (user, conversation);
-            let last = sent.get(&key).copied();
-            let publish = match (last, typing) {
-                (None, true) => true,
-                (None, false) => false,
-                (Some(last), true) if last.typing => now - last.at >= REFRESH_EVERY,
-                (Some(last), true) => now - last.at >= MIN_GAP,
-                (Some(last), false) => last.typing,
-            };
-            if publish {
-                sent.insert(key, Sent { typing, at: now });
+        let key = (user, conversation);
+        let decision = {
+            let mut state = self.lock();
+            if state.len() > 10_000 {
+                state.retain(|_, t| t.flush_scheduled || now - t.sent_at < TYPING_TTL);
             }
-            // Forget old entries so the map stays small.
-            if sent.len() > 10_000 {
-                sent.retain(|_, s| now - s.at < TYPING_TTL);
+            match state.get_mut(&key) {
+                None if !typing => Decision::Nothing,
+                None => {
+                    state.insert(
+                        key,
+                        Throttle {
+                            sent: true,
+                            sent_at: now,
+                            wanted: true,
+                            flush_scheduled: false,
+                        },
+                    );
+                    Decision::Publish(true)
+                }
+                Some(throttle) => {
+                    throttle.wanted = typing;
+                    if throttle.flush_scheduled {
+                        Decision::Nothing
+                    } else if typing == throttle.sent {
+                        if typing && now - throttle.sent_at >= REFRESH_EVERY {
+                            throttle.sent_at = now;
+                            Decision::Publish(true)
+                        } else {
+                            Decision::Nothing
+                        }
+                    } else if now - throttle.sent_at >= MIN_GAP {
+                        throttle.sent = typing;
+                        throttle.sent_at = now;
+                        Decision::Publish(typing)
+                    } else {
+                        throttle.flush_scheduled = true;
+                        Decision::Defer(throttle.sent_at + MIN_GAP)
+                    }
+                }
             }
-            publish
         };
-        if publish {
-            let event = TypingChanged {
-                conversation_id: conversation,
-                user_id: user,
-                is_typing: typing,
-            };
-            let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            self.nats
-                .publish(subjects::conversation_typing(conversation), payload.into())
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("typing publish: {e}")))?;
+        match decision {
+            Decision::Publish(typing) => self.publish(user, conversation, typing).await,
+            Decision::Defer(at) => {
+                let publisher = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    publisher.flush(key).await;
+                });
+                Ok(())
+            }
+            Decision::Nothing => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Sends the deferred wish, if it still differs from what NATS last heard.
+    async fn flush(&self, key: (Uuid, Uuid)) {
+        let wanted = {
+            let mut state = self.lock();
+            let Some(throttle) = state.get_mut(&key) else { return };
+            throttle.flush_scheduled = false;
+            if throttle.wanted == throttle.sent {
+                return;
+            }
+            throttle.sent = throttle.wanted;
+            throttle.sent_at = Instant::now();
+            throttle.wanted
+        };
+        if let Err(error) = self.publish(key.0, key.1, wanted).await {
+            warn!(%error, "deferred typing signal lost");
+        }
+    }
+
+    async fn publish(&self, user: Uuid, conversation: Uuid, typing: bool) -> Result<(), ApiError> {
+        let event = TypingChanged {
+            conversation_id: conversation,
+            user_id: user,
+            is_typing: typing,
+        };
+        let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        self.nats
+            .publish(subjects::conversation_typing(conversation), payload.into())
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("typing publish: {e}")))
     }
 }
 

@@ -411,3 +411,57 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
         worker.wait().unwrap();
     }
 }
+
+#[tokio::test]
+async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
+    let env = env().await;
+    let project = ProjectFixture::new("Reads");
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(&env);
+    conversation_exists(&env.db, &project).await;
+    let conversation = project.conversation_id();
+    let read = |seq: i64| parley_events::ReadMarked {
+        conversation_id: conversation,
+        user_id: project.client(),
+        seq,
+        message_id: None,
+        read_at: Utc::now().trunc_subsecs(3),
+        participants: vec![project.client(), project.provider()],
+    };
+    let subject = subjects::conversation_reads(conversation, project.client());
+    // A move, the same move again (a redelivery), an older one arriving late, then a newer one.
+    for seq in [5, 5, 3, 9, 9, 7] {
+        parley_test_support::publish_json(&env.js, &subject, &read(seq)).await;
+    }
+    let store = env.db.store();
+    eventually("the mark to reach 9", PATIENCE, || async {
+        (store.read_mark(conversation, project.client()).await.ok()? == 9).then_some(())
+    })
+    .await;
+    // Everything consumed, and the mark did not move back with the late 7.
+    eventually("the read events to be acked", PATIENCE, || async {
+        let stream = env.js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("parley-persistence-chat").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(store.read_mark(conversation, project.client()).await.unwrap(), 9);
+    assert_eq!(store.read_mark(conversation, project.provider()).await.unwrap(), 0);
+    // At the store level too: a batch holding the same reader twice keeps the highest.
+    let row = |seq| parley_store::ReadMarkRow {
+        conversation_id: conversation,
+        user_id: project.provider(),
+        seq,
+        read_at: Utc::now(),
+    };
+    assert_eq!(store.apply_read_marks(&[row(4), row(6), row(6)]).await.unwrap(), 1);
+    assert_eq!(
+        store.apply_read_marks(&[row(6)]).await.unwrap(),
+        0,
+        "a redelivered move moves nothing"
+    );
+    assert_eq!(store.read_mark(conversation, project.provider()).await.unwrap(), 6);
+    shutdown.cancel();
+}

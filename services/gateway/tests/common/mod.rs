@@ -66,6 +66,7 @@ pub async fn spawn_gateway(nats_url: &str, database_url: &str) -> TestGateway {
 
 /// NATS, Postgres, one persistence worker and `gateways` gateways.
 pub async fn stack(gateways: usize) -> Stack {
+    parley_service::init_tracing();
     let nats = NatsServer::start();
     let db = TestDatabase::create().await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());

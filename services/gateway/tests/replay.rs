@@ -1,0 +1,308 @@
+//! Catch-up on join: exactly the missed messages, in order, then live ones, never twice on a
+//! socket; from Postgres where the stream no longer holds them; no consumer left behind.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{SubsecRound, Utc};
+use common::*;
+use parley_events::{MessagePosted, subjects};
+use parley_test_support::sio::Client;
+use parley_test_support::{ProjectFixture, http};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn consumer_count(js: &jetstream::Context) -> usize {
+    js.get_stream(parley_nats::CHAT_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .consumer_count
+}
+
+/// Joins, collecting what the socket gets before the ack; returns (ack, replayed messages).
+async fn join_collect(socket: &mut Client, conversation: Uuid, last_seq: Option<i64>) -> (Value, Vec<Value>) {
+    let mut payload = json!({ "conversationId": conversation });
+    if let Some(seq) = last_seq {
+        payload["lastSeq"] = json!(seq);
+    }
+    let ack = ask(socket, "conversation:join", payload).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let replayed = ack["replayed"].as_u64().unwrap() as usize;
+    let mut messages = Vec::new();
+    for _ in 0..replayed {
+        let (name, data) = socket.next_event(WAIT).await.expect("a replayed message");
+        assert_eq!(name, "message:new");
+        assert_eq!(data["replayed"], true, "{data}");
+        messages.push(data);
+    }
+    (ack, messages)
+}
+
+fn seqs(messages: &[Value]) -> Vec<i64> {
+    messages.iter().map(|m| m["seq"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_exactly_what_it_missed_then_live_messages_many_times_over() {
+    let stack = stack(2).await;
+    let project = stack.project("Offline").await;
+    let conversation = project.conversation_id();
+    let baseline = consumer_count(&stack.js).await;
+
+    // The provider sends continuously, through both gateways, for the whole test.
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let sending = sending.clone();
+        let addrs = [stack.gateway(0).addr, stack.gateway(1).addr];
+        let token = token(project.provider());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while sending.load(Ordering::Relaxed) {
+                let path = format!("/v1/conversations/{conversation}/messages");
+                let response = http::post(addrs[i % 2], &path, &token, &json!({ "body": format!("m{i}") })).await;
+                assert_eq!(response.status, 201, "{}", response.raw);
+                sent.push(response.body["message"]["seq"].as_i64().unwrap());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            sent
+        })
+    };
+
+    // The client comes and goes: each time it joins from the last seq it saw.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut random = 0x9e3779b97f4a7c15u64;
+    for round in 0..12 {
+        random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let offline = Duration::from_millis(20 + (random >> 33) % 150);
+        tokio::time::sleep(offline).await;
+        let mut socket = stack.socket(round % 2, project.client()).await;
+        let last = seen.last().copied().unwrap_or(0);
+        let (ack, replayed) = join_collect(&mut socket, conversation, Some(last)).await;
+        assert_eq!(ack["complete"], true);
+        let mut this_socket = seqs(&replayed);
+        // Then live ones for a while.
+        let live_for = 5 + (random >> 40) % 20;
+        for _ in 0..live_for {
+            let (name, data) = socket.next_event(WAIT).await.expect("a live message");
+            assert_eq!(name, "message:new");
+            assert!(data.get("replayed").is_none(), "live messages carry no replayed flag");
+            this_socket.push(data["seq"].as_i64().unwrap());
+        }
+        let unique: HashSet<i64> = this_socket.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            this_socket.len(),
+            "round {round}: a message twice on one socket: {this_socket:?}"
+        );
+        assert!(
+            this_socket.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: out of order: {this_socket:?}"
+        );
+        assert!(
+            this_socket.first().is_none_or(|first| *first > last),
+            "round {round}: replayed from below lastSeq"
+        );
+        seen.extend(this_socket);
+        socket.disconnect().await;
+    }
+    sending.store(false, Ordering::Relaxed);
+    let sent = sender.await.unwrap();
+
+    // One last join catches up with everything that was sent.
+    let mut socket = stack.socket(0, project.client()).await;
+    let (_, replayed) = join_collect(&mut socket, conversation, Some(*seen.last().unwrap())).await;
+    seen.extend(seqs(&replayed));
+    assert_eq!(
+        seen, sent,
+        "exactly the sent messages, in order, with no gap and no repeat"
+    );
+
+    socket.disconnect().await;
+    parley_test_support::eventually("replay consumers to be gone", WAIT, || async {
+        (consumer_count(&stack.js).await == baseline).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn join_without_last_seq_replays_above_the_callers_read_mark() {
+    let stack = stack(1).await;
+    let project = stack.project("Read mark").await;
+    let conversation = project.conversation_id();
+    let provider = stack.socket(0, project.provider()).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(send(&provider, conversation, &format!("m{i}")).await);
+    }
+    let client = stack.socket(0, project.client()).await;
+    ask(
+        &client,
+        "conversation:markRead",
+        json!({ "conversationId": conversation, "messageId": sent[1]["id"] }),
+    )
+    .await;
+    let store = stack.db.store();
+    parley_test_support::eventually("the mark to be stored", WAIT, || async {
+        (store.read_mark(conversation, project.client()).await.ok()? == sent[1]["seq"].as_i64()?).then_some(())
+    })
+    .await;
+    drop(client);
+
+    let mut socket = stack.socket(0, project.client()).await;
+    let (ack, replayed) = join_collect(&mut socket, conversation, None).await;
+    assert_eq!(ack["replayed"], 3);
+    assert_eq!(ack["complete"], true);
+    assert_eq!(ack["conversation"]["id"], json!(conversation));
+    assert_eq!(ack["conversation"]["projectTitle"], "Read mark");
+    for (got, want) in replayed.iter().zip(&sent[2..]) {
+        let mut expected = want.clone();
+        expected["replayed"] = json!(true);
+        assert_eq!(*got, expected);
+    }
+}
+
+#[tokio::test]
+async fn replay_serves_what_the_stream_dropped_from_postgres_and_the_rest_from_the_stream() {
+    let stack = stack(1).await;
+    let project = stack.project("Old history").await;
+    let conversation = project.conversation_id();
+    let client = stack.socket(0, project.client()).await;
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(send(&client, conversation, &format!("m{i}")).await);
+    }
+    stack
+        .persisted(conversation, serde_json::from_value(sent[29]["id"].clone()).unwrap())
+        .await;
+    // Limit the stream so that it drops all but the last ten messages.
+    let mut config = parley_nats::stream_config(parley_nats::CHAT_STREAM, 1).unwrap();
+    config.max_messages = 10;
+    stack.js.update_stream(config).await.unwrap();
+    let first = stack
+        .js
+        .get_stream(parley_nats::CHAT_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .first_sequence;
+    assert!(
+        first as i64 > sent[0]["seq"].as_i64().unwrap(),
+        "the stream dropped the oldest"
+    );
+
+    let mut socket = stack.socket(0, project.provider()).await;
+    let (ack, replayed) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(
+        (ack["replayed"].as_u64(), ack["complete"].as_bool()),
+        (Some(30), Some(true))
+    );
+    assert_eq!(seqs(&replayed), seqs(&sent));
+    for (got, want) in replayed.iter().zip(&sent) {
+        assert_eq!(got["id"], want["id"]);
+        assert_eq!(got["body"], want["body"]);
+        assert_eq!(got["createdAt"], want["createdAt"]);
+    }
+}
+
+#[tokio::test]
+async fn a_replay_stops_at_a_thousand_and_says_it_is_incomplete() {
+    let stack = stack(1).await;
+    let project = stack.project("Big backlog").await;
+    let conversation = project.conversation_id();
+    publish_backlog(&stack.js, &project, 1003).await;
+    let mut socket = stack.socket(0, project.client()).await;
+    let (ack, replayed) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(
+        (ack["replayed"].as_u64(), ack["complete"].as_bool()),
+        (Some(1000), Some(false))
+    );
+    let got = seqs(&replayed);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    // Joining again from the last one gets the rest, complete.
+    let (ack, rest) = join_collect(&mut socket, conversation, got.last().copied()).await;
+    assert_eq!(
+        (ack["replayed"].as_u64(), ack["complete"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert!(rest.iter().all(|m| m["seq"].as_i64().unwrap() > *got.last().unwrap()));
+}
+
+/// Publishes `count` messages from the provider straight to JetStream, as a gateway would.
+async fn publish_backlog(js: &jetstream::Context, project: &ProjectFixture, count: usize) {
+    let mut acks = Vec::new();
+    for i in 0..count {
+        let event = MessagePosted {
+            id: Uuid::now_v7(),
+            conversation_id: project.conversation_id(),
+            project_id: project.event.project_id,
+            sender_id: project.provider(),
+            body: format!("backlog {i}"),
+            client_msg_id: None,
+            created_at: Utc::now().trunc_subsecs(3),
+            participants: vec![project.client(), project.provider()],
+        };
+        let subject = subjects::conversation_messages(event.conversation_id);
+        acks.push(
+            js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_join_and_no_consumer_is_created_for_them() {
+    let stack = stack(1).await;
+    let project = stack.project("Closed door").await;
+    let conversation = project.conversation_id();
+    let client = stack.socket(0, project.client()).await;
+    send(&client, conversation, "private").await;
+    let before = consumer_count(&stack.js).await;
+    let stranger = stack.socket(0, Uuid::new_v4()).await;
+    for payload in [
+        json!({ "conversationId": conversation }),
+        json!({ "conversationId": conversation, "lastSeq": 0 }),
+    ] {
+        let ack = ask(&stranger, "conversation:join", payload).await;
+        assert_eq!(code(&ack), "not_found");
+    }
+    let ack = ask(
+        &stranger,
+        "conversation:join",
+        json!({ "conversationId": Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(code(&ack), "not_found");
+    let ack = ask(
+        &client,
+        "conversation:join",
+        json!({ "conversationId": conversation, "lastSeq": -1 }),
+    )
+    .await;
+    assert_eq!(code(&ack), "invalid_request");
+    let ack = ask(
+        &client,
+        "conversation:join",
+        json!({ "conversationId": conversation, "lastSeq": "x" }),
+    )
+    .await;
+    assert_eq!(code(&ack), "invalid_request");
+    assert_eq!(consumer_count(&stack.js).await, before);
+}
