@@ -23,6 +23,14 @@ pub fn message_id_for_client_msg(sender_id: Uuid, conversation_id: Uuid, client_
     Uuid::new_v5(&PARLEY_NAMESPACE, &name)
 }
 
+/// The id of the notification of `message_id` for `recipient_id`: the same on every redelivery.
+pub fn notification_id(message_id: Uuid, recipient_id: Uuid) -> Uuid {
+    let mut name = b"notification:".to_vec();
+    name.extend_from_slice(message_id.as_bytes());
+    name.extend_from_slice(recipient_id.as_bytes());
+    Uuid::new_v5(&PARLEY_NAMESPACE, &name)
+}
+
 /// The id of a message sent without a `clientMsgId`: time-ordered, unique.
 pub fn new_message_id() -> Uuid {
     Uuid::now_v7()

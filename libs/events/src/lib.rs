@@ -113,6 +113,55 @@ pub struct TypingChanged {
     pub is_typing: bool,
 }
 
+/// `parley.notification.<recipientId>`: the contract's notification of a new message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: Uuid,
+    /// Always `message.new`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub recipient_id: Uuid,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    pub project: NotificationProject,
+    pub conversation_id: Uuid,
+    pub message: NotificationMessage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationProject {
+    pub id: Uuid,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationMessage {
+    pub id: Uuid,
+    pub seq: i64,
+    pub sender_id: Uuid,
+    pub sender_name: String,
+    pub preview: String,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// `parley.email.<conversationId>.<recipientId>`: a pending email digest. The stream keeps at
+/// most one per subject, so messages arriving while one waits join that digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailDigestJob {
+    pub conversation_id: Uuid,
+    pub recipient_id: Uuid,
+    /// The message that queued the digest (the digest lists every unread one).
+    pub first_seq: u64,
+    /// When the recipient's grace is over.
+    #[serde(with = "rfc3339")]
+    pub due_at: DateTime<Utc>,
+}
+
 /// `parley.deadletter.<source>`: an event that can never apply, with why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -30,6 +30,10 @@ pub fn notification(recipient_id: Uuid) -> String {
     format!("parley.notification.{recipient_id}")
 }
 
+pub fn email_digest(conversation_id: Uuid, recipient_id: Uuid) -> String {
+    format!("parley.email.{conversation_id}.{recipient_id}")
+}
+
 pub fn dead_letter(source: &str) -> String {
     format!("parley.deadletter.{source}")
 }

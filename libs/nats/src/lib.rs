@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use tracing::{info, warn};
 
+pub mod buckets;
+
 pub use async_nats;
 
 /// The header JetStream deduplicates publishes on.
@@ -15,6 +17,8 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 pub const PROJECTS_STREAM: &str = "PARLEY_PROJECTS";
 pub const CHAT_STREAM: &str = "PARLEY_CHAT";
 pub const DEADLETTER_STREAM: &str = "PARLEY_DEADLETTER";
+pub const NOTIFICATIONS_STREAM: &str = "PARLEY_NOTIFICATIONS";
+pub const EMAIL_STREAM: &str = "PARLEY_EMAIL";
 
 const STREAM_DEFINITIONS: &[(&str, &str)] = &[
     (
@@ -26,6 +30,11 @@ const STREAM_DEFINITIONS: &[(&str, &str)] = &[
         DEADLETTER_STREAM,
         include_str!("../../../nats/streams/PARLEY_DEADLETTER.json"),
     ),
+    (
+        NOTIFICATIONS_STREAM,
+        include_str!("../../../nats/streams/PARLEY_NOTIFICATIONS.json"),
+    ),
+    (EMAIL_STREAM, include_str!("../../../nats/streams/PARLEY_EMAIL.json")),
 ];
 
 /// A durable consumer definition from `nats/consumers/` and the stream it belongs to.
@@ -43,6 +52,21 @@ pub const PERSISTENCE_CHAT_CONSUMER: ConsumerDefinition = ConsumerDefinition {
 pub const PERSISTENCE_PROJECTS_CONSUMER: ConsumerDefinition = ConsumerDefinition {
     stream: PROJECTS_STREAM,
     json: include_str!("../../../nats/consumers/persistence-projects.json"),
+};
+
+pub const NOTIFICATION_MESSAGES_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+    stream: CHAT_STREAM,
+    json: include_str!("../../../nats/consumers/notification-messages.json"),
+};
+
+pub const NOTIFICATION_PROJECTS_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+    stream: PROJECTS_STREAM,
+    json: include_str!("../../../nats/consumers/notification-projects.json"),
+};
+
+pub const EMAIL_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+    stream: EMAIL_STREAM,
+    json: include_str!("../../../nats/consumers/email.json"),
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +108,10 @@ pub fn stream_config(name: &str, replicas: usize) -> Result<stream::Config, Setu
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, json)| *json)
-        .unwrap_or("null");
+        .ok_or_else(|| SetupError::Definition {
+            name: name.into(),
+            source: <serde_json::Error as serde::de::Error>::custom("no such stream in nats/streams"),
+        })?;
     let mut config: stream::Config = serde_json::from_str(json).map_err(|source| SetupError::Definition {
         name: name.into(),
         source,
@@ -142,7 +169,13 @@ mod tests {
             assert_eq!(config.num_replicas, 3);
             assert!(!config.subjects.is_empty());
         }
-        for definition in [PERSISTENCE_CHAT_CONSUMER, PERSISTENCE_PROJECTS_CONSUMER] {
+        for definition in [
+            PERSISTENCE_CHAT_CONSUMER,
+            PERSISTENCE_PROJECTS_CONSUMER,
+            NOTIFICATION_MESSAGES_CONSUMER,
+            NOTIFICATION_PROJECTS_CONSUMER,
+            EMAIL_CONSUMER,
+        ] {
             let config = consumer_config(definition).unwrap();
             assert!(config.durable_name.is_some());
             assert_eq!(config.ack_policy, consumer::AckPolicy::Explicit);

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod nats;
+pub mod smtp;
 
 use std::future::Future;
 use std::time::Duration;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod messaging;
+pub mod presence;
 pub mod recent;
 pub mod replay;
 pub mod session;
@@ -23,6 +24,7 @@ use anyhow::Context as _;
 use axum::Router;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -30,6 +32,7 @@ pub use config::Config;
 
 use crate::auth::Authenticator;
 use crate::messaging::Messaging;
+use crate::presence::Presence;
 use crate::recent::RecentMessages;
 use crate::typing::TypingPublisher;
 
@@ -45,6 +48,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub messaging: Messaging,
     pub typing: TypingPublisher,
+    pub presence: Presence,
     pub nats: async_nats::Client,
 }
 
@@ -54,6 +58,8 @@ pub struct Application {
     router: Router,
     io: SocketIo,
     state: AppState,
+    presence_writer: JoinHandle<()>,
+    presence_stop: CancellationToken,
 }
 
 impl Application {
@@ -68,6 +74,11 @@ impl Application {
         parley_nats::ensure_streams(&js, config.stream_replicas)
             .await
             .context("applying streams")?;
+        let presence_kv = parley_nats::buckets::presence(&js, config.stream_replicas)
+            .await
+            .context("presence bucket")?;
+        let presence_stop = CancellationToken::new();
+        let (presence, presence_writer) = Presence::start(presence_kv, uuid::Uuid::new_v4(), presence_stop.clone());
         let state = AppState {
             auth: Authenticator::new(&config.jwt_secret),
             messaging: Messaging {
@@ -76,6 +87,7 @@ impl Application {
                 recent: RecentMessages::default(),
             },
             typing: TypingPublisher::new(nats.clone()),
+            presence,
             nats,
         };
         let (layer, io) = SocketIo::builder()
@@ -95,6 +107,8 @@ impl Application {
             router,
             io,
             state,
+            presence_writer,
+            presence_stop,
         })
     }
 
@@ -130,6 +144,8 @@ impl Application {
         shutdown.cancel();
         let _ = fanout.await;
         let _ = typing.await;
+        self.presence_stop.cancel();
+        let _ = self.presence_writer.await;
         Ok(())
     }
 }

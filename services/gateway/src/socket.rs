@@ -70,6 +70,7 @@ async fn authenticate(
     socket.on_fallback(unknown_event);
     socket.on_disconnect(on_disconnect);
     socket.join(user_room(user.0));
+    state.presence.connected(user.0);
     let graced = socket.clone();
     tokio::spawn(async move {
         tokio::time::sleep(CONNECT_GRACE).await;
@@ -86,6 +87,7 @@ async fn on_connect() {}
 
 /// A disconnect ends this socket's typing everywhere it was typing.
 async fn on_disconnect(Extension(session): Extension<SocketSession>, State(state): State<AppState>) {
+    state.presence.disconnected(session.user.0);
     for conversation in session.take_all_typing() {
         let _ = state.typing.signal(session.user.0, conversation, false).await;
     }

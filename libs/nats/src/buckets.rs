@@ -1,0 +1,99 @@
+//! Parley's key-value buckets. Their settings live here rather than in `nats/` because a bucket is
+//! a stream with conventions the client library fills in; each process creates the ones it uses.
+//!
+//! - `PARLEY_PRESENCE`: one key per (user, gateway instance) while that instance holds a socket of
+//!   the user. Gateways refresh their keys well within the bucket's one-minute age limit, so the
+//!   keys of a gateway that died without cleaning up vanish within a minute.
+//! - `PARLEY_CONVERSATIONS`: the notification workers' directory of conversations (project title,
+//!   participants' names and emails), built from `parley.project.started`.
+//! - `PARLEY_EMAIL_SENT`: per (conversation, recipient), the last message a digest listed, so a
+//!   redelivered job never mails the same messages twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind};
+use uuid::Uuid;
+
+use crate::SetupError;
+
+pub const PRESENCE_BUCKET: &str = "PARLEY_PRESENCE";
+pub const CONVERSATIONS_BUCKET: &str = "PARLEY_CONVERSATIONS";
+pub const EMAIL_SENT_BUCKET: &str = "PARLEY_EMAIL_SENT";
+
+/// How long a presence key lives without a refresh.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// How often a gateway refreshes its presence keys.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+
+fn config(bucket: &str, description: &str, max_age: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+async fn ensure(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, SetupError> {
+    let name = config.bucket.clone();
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|e| SetupError::Stream { name, source: e.into() })
+}
+
+pub async fn presence(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, SetupError> {
+    let description = "Which users have a connected socket, per gateway instance";
+    ensure(js, config(PRESENCE_BUCKET, description, PRESENCE_TTL, replicas)).await
+}
+
+pub async fn conversations(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, SetupError> {
+    let description = "Conversation directory for notifications: titles, names, emails";
+    ensure(js, config(CONVERSATIONS_BUCKET, description, Duration::ZERO, replicas)).await
+}
+
+pub async fn email_sent(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, SetupError> {
+    let description = "Email digests already sent";
+    ensure(
+        js,
+        config(
+            EMAIL_SENT_BUCKET,
+            description,
+            Duration::from_secs(7 * 24 * 3600),
+            replicas,
+        ),
+    )
+    .await
+}
+
+/// The presence key of `user` on gateway `instance`.
+pub fn presence_key(user: Uuid, instance: Uuid) -> String {
+    format!("{user}.{instance}")
+}
+
+/// Whether `user` has a connected socket on any gateway: some `<user>.<instance>` key whose
+/// latest value is a put (not a delete), younger than the bucket's age limit.
+pub async fn is_online(js: &jetstream::Context, user: Uuid) -> Result<bool, async_nats::Error> {
+    let stream = js.get_stream(format!("KV_{PRESENCE_BUCKET}")).await?;
+    let filter = format!("$KV.{PRESENCE_BUCKET}.{user}.*");
+    let subjects: Vec<String> = {
+        use futures::TryStreamExt;
+        let info = stream.info_with_subjects(&filter).await?;
+        info.map_ok(|(subject, _)| subject).try_collect().await?
+    };
+    for subject in subjects {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => {
+                let operation = message.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+                if operation.is_none() || operation.as_deref() == Some("PUT") {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,122 @@
+//! The conversation directory: what a notification or an email needs to say about a conversation
+//! (project title, who is who, their emails), learnt from `parley.project.started` and kept in the
+//! `PARLEY_CONVERSATIONS` bucket, so every notification worker shares it and none needs Postgres.
+
+use async_nats::jetstream::{AckKind, consumer::PullConsumer, kv};
+use futures::StreamExt;
+use parley_domain::Role;
+use parley_domain::ids::conversation_id_for_project;
+use parley_events::ProjectStarted;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Person {
+    pub id: Uuid,
+    pub role: Role,
+    pub display_name: String,
+    pub email: String,
+}
+
+/// Everything the worker knows about one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationCard {
+    pub conversation_id: Uuid,
+    pub project_id: Uuid,
+    pub title: String,
+    pub participants: Vec<Person>,
+}
+
+impl ConversationCard {
+    pub fn from_event(event: &ProjectStarted) -> Self {
+        Self {
+            conversation_id: conversation_id_for_project(event.project_id),
+            project_id: event.project_id,
+            title: event.title.clone(),
+            participants: event
+                .parties()
+                .into_iter()
+                .map(|(role, party)| Person {
+                    id: party.id,
+                    role,
+                    display_name: party.display_name.clone(),
+                    email: party.email.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn person(&self, id: Uuid) -> Option<&Person> {
+        self.participants.iter().find(|p| p.id == id)
+    }
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    kv: kv::Store,
+}
+
+impl Directory {
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// The card of a conversation, `None` while its `project.started` has not been seen.
+    pub async fn card(&self, conversation_id: Uuid) -> Result<Option<ConversationCard>, async_nats::Error> {
+        match self.kv.get(conversation_id.to_string()).await? {
+            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Applies every `parley.project.started` to the directory until `shutdown`.
+pub async fn run(consumer: PullConsumer, directory: Directory, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut messages = consumer.messages().await?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                warn!(%error, "directory consumer hiccup");
+                continue;
+            }
+            None => return Ok(()),
+        };
+        let event = match serde_json::from_slice::<ProjectStarted>(&message.payload) {
+            Ok(event) if event.validate().is_ok() => event,
+            _ => {
+                // The persistence worker records it as a dead letter; nothing to learn here.
+                warn!("skipping an invalid project.started");
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let card = ConversationCard::from_event(&event);
+        let stored = directory
+            .kv
+            .put(card.conversation_id.to_string(), serde_json::to_vec(&card)?.into())
+            .await;
+        match stored {
+            Ok(_) => {
+                info!(project_id = %event.project_id, "conversation known for notifications");
+                if let Err(error) = message.double_ack().await {
+                    warn!(%error, "ack of a project event failed; it will be redelivered");
+                }
+            }
+            Err(error) => {
+                warn!(%error, "storing a conversation card failed; retrying");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+}

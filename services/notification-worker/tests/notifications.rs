@@ -1,0 +1,425 @@
+//! The notification worker against a real nats-server and a real SMTP listener.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use chrono::{SubsecRound, Utc};
+use futures::StreamExt;
+use parley_events::{MessagePosted, Notification, ReadMarked, subjects};
+use parley_notification_worker::{Config, run};
+use parley_test_support::smtp::{SmtpServer, free_port};
+use parley_test_support::{NatsServer, ProjectFixture, eventually, publish_json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Env {
+    nats: NatsServer,
+    js: jetstream::Context,
+}
+
+async fn env() -> Env {
+    parley_service::init_tracing();
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    parley_nats::ensure_streams(&js, 1).await.unwrap();
+    Env { nats, js }
+}
+
+fn config(env: &Env, smtp: Option<String>, delay: Duration) -> Config {
+    Config {
+        nats_url: env.nats.url(),
+        smtp_url: smtp,
+        email_from: "Parley <no-reply@parley.local>".parse().unwrap(),
+        email_delay: delay,
+        stream_replicas: 1,
+    }
+}
+
+fn spawn_worker(config: Config) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(config, shutdown.clone()));
+    shutdown
+}
+
+fn message(project: &ProjectFixture, sender: Uuid, body: &str) -> MessagePosted {
+    MessagePosted {
+        id: Uuid::now_v7(),
+        conversation_id: project.conversation_id(),
+        project_id: project.event.project_id,
+        sender_id: sender,
+        body: body.to_owned(),
+        client_msg_id: None,
+        created_at: Utc::now().trunc_subsecs(3),
+        participants: vec![project.client(), project.provider()],
+    }
+}
+
+/// Publishes as the gateway does; returns the stream sequence.
+async fn post(js: &jetstream::Context, event: &MessagePosted) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+    js.publish_with_headers(
+        subjects::conversation_messages(event.conversation_id),
+        headers,
+        serde_json::to_vec(event).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+    .sequence
+}
+
+/// Waits until the worker's message consumer has acknowledged everything in the chat stream.
+async fn caught_up(js: &jetstream::Context) {
+    eventually("the notification consumer to catch up", PATIENCE, || async {
+        let stream = js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("parley-notification-messages").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
+/// Every notification stored, with its `Nats-Msg-Id`.
+async fn stored_notifications(js: &jetstream::Context) -> Vec<(Notification, String, String)> {
+    let mut stream = js.get_stream(parley_nats::NOTIFICATIONS_STREAM).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages;
+    if count == 0 {
+        return Vec::new();
+    }
+    let consumer = stream.create_consumer(OrderedConfig::default()).await.unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(count as usize);
+    let mut out = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        out.push((
+            serde_json::from_slice(&message.payload).unwrap(),
+            id,
+            message.subject.to_string(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_message_notifies_each_recipient_once_with_the_project_reference_and_never_the_sender() {
+    let env = env().await;
+    let mut project = ProjectFixture::new("Logo «Ünïcode» \"quoted\" & <tags>");
+    project.event.provider.display_name = "Provider Person".into();
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
+
+    let first = message(&project, project.client(), "hello provider");
+    let second = message(&project, project.provider(), &"long reply ".repeat(30));
+    let third = message(&project, project.client(), "thanks");
+    let mut seqs = HashMap::new();
+    for event in [&first, &second, &third] {
+        seqs.insert(event.id, post(&env.js, event).await);
+    }
+    // Typing and read marks are not messages: they notify nobody.
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    client
+        .publish(subjects::conversation_typing(project.conversation_id()), "{}".into())
+        .await
+        .unwrap();
+    let read = ReadMarked {
+        conversation_id: project.conversation_id(),
+        user_id: project.provider(),
+        seq: 1,
+        message_id: None,
+        read_at: Utc::now(),
+        participants: vec![project.client(), project.provider()],
+    };
+    publish_json(
+        &env.js,
+        &subjects::conversation_reads(project.conversation_id(), project.provider()),
+        &read,
+    )
+    .await;
+    caught_up(&env.js).await;
+
+    let stored = stored_notifications(&env.js).await;
+    assert_eq!(stored.len(), 3, "one per (message, recipient): {stored:#?}");
+    for (notification, msg_id, subject) in &stored {
+        let event = [&first, &second, &third]
+            .into_iter()
+            .find(|e| e.id == notification.message.id)
+            .unwrap();
+        let recipient = if event.sender_id == project.client() {
+            project.provider()
+        } else {
+            project.client()
+        };
+        assert_eq!(notification.recipient_id, recipient, "never the sender");
+        assert_eq!(*subject, format!("parley.notification.{recipient}"));
+        assert_eq!(*msg_id, format!("{}.{}", event.id, recipient));
+        assert_eq!(notification.kind, "message.new");
+        assert_eq!(notification.project.id, project.event.project_id);
+        assert_eq!(
+            notification.project.title, project.event.title,
+            "exactly as the lifecycle event gave it"
+        );
+        assert_eq!(notification.conversation_id, project.conversation_id());
+        assert_eq!(notification.message.seq as u64, seqs[&event.id]);
+        assert_eq!(notification.message.sender_id, event.sender_id);
+        let sender_name = if event.sender_id == project.client() {
+            "Client"
+        } else {
+            "Provider Person"
+        };
+        assert_eq!(notification.message.sender_name, sender_name);
+        assert_eq!(
+            notification.message.preview,
+            parley_domain::validation::preview(&event.body)
+        );
+        assert_eq!(notification.message.created_at, event.created_at);
+    }
+    // The raw JSON has the contract's field names.
+    let raw = serde_json::to_value(&stored[0].0).unwrap();
+    for field in [
+        "id",
+        "type",
+        "recipientId",
+        "createdAt",
+        "project",
+        "conversationId",
+        "message",
+    ] {
+        assert!(raw.get(field).is_some(), "missing {field}: {raw}");
+    }
+    for field in ["id", "seq", "senderId", "senderName", "preview", "createdAt"] {
+        assert!(raw["message"].get(field).is_some(), "missing message.{field}: {raw}");
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_message_of_a_conversation_not_known_yet_is_retried_until_it_is() {
+    let env = env().await;
+    let project = ProjectFixture::new("Late start");
+    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
+    let early = message(&project, project.client(), "before the project event");
+    post(&env.js, &early).await;
+    project.publish_started(&env.js).await;
+    caught_up(&env.js).await;
+    let stored = stored_notifications(&env.js).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0.message.id, early.id);
+    assert_eq!(stored[0].0.project.title, "Late start");
+    shutdown.cancel();
+}
+
+fn spawn_worker_process(env: &Env) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_parley-notification-worker"))
+        .env("NATS_URL", env.nats.url())
+        .env("RUST_LOG", "warn")
+        .env_remove("PARLEY_SMTP_URL")
+        .spawn()
+        .expect("start the worker binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_killed_repeatedly_still_notify_exactly_once_per_message() {
+    let env = env().await;
+    let project = ProjectFixture::new("Chaos");
+    project.publish_started(&env.js).await;
+    let mut workers = vec![spawn_worker_process(&env), spawn_worker_process(&env)];
+    let mut sent = HashSet::new();
+    for round in 0..6 {
+        for i in 0..50 {
+            let sender = if i % 2 == 0 {
+                project.client()
+            } else {
+                project.provider()
+            };
+            let event = message(&project, sender, &format!("round {round} message {i}"));
+            post(&env.js, &event).await;
+            sent.insert(event.id);
+        }
+        let victim = round % 2;
+        workers[victim].kill().unwrap();
+        workers[victim].wait().unwrap();
+        workers[victim] = spawn_worker_process(&env);
+    }
+    caught_up(&env.js).await;
+    let stored = stored_notifications(&env.js).await;
+    let ids: HashSet<Uuid> = stored.iter().map(|(n, _, _)| n.message.id).collect();
+    assert_eq!(stored.len(), sent.len(), "exactly one notification per message");
+    assert_eq!(ids, sent);
+    for mut worker in workers {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+}
+
+/// Waits until no email digest is pending.
+async fn no_pending_digest(js: &jetstream::Context) {
+    eventually("the pending digests to drain", PATIENCE, || async {
+        let mut stream = js.get_stream(parley_nats::EMAIL_STREAM).await.ok()?;
+        (stream.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+}
+
+const DELAY: Duration = Duration::from_millis(600);
+
+#[tokio::test]
+async fn an_offline_recipient_gets_one_email_for_two_messages_sent_within_the_window() {
+    let env = env().await;
+    let smtp = SmtpServer::start().await;
+    let mut project = ProjectFixture::new("Website redesign");
+    project.event.client.display_name = "Carla Client".into();
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+    post(&env.js, &message(&project, project.client(), "first question")).await;
+    post(&env.js, &message(&project, project.client(), "second question")).await;
+
+    let mail = smtp.wait_for(1, PATIENCE).await;
+    no_pending_digest(&env.js).await;
+    caught_up(&env.js).await;
+    let mail = if smtp.received().len() == 1 {
+        mail
+    } else {
+        smtp.received()
+    };
+    assert_eq!(mail.len(), 1, "one email for both messages");
+    let email = &mail[0];
+    assert!(email.to[0].contains(&project.event.provider.email), "{:?}", email.to);
+    let subject = email.header("Subject").unwrap();
+    assert!(
+        subject.contains("Website redesign") && subject.contains("Carla Client"),
+        "{subject}"
+    );
+    let text = email.part("text/plain").unwrap();
+    assert!(
+        text.contains("first question") && text.contains("second question"),
+        "{text}"
+    );
+    assert!(text.contains("Website redesign") && text.contains("Carla Client"));
+    let html = email.part("text/html").unwrap();
+    assert!(
+        html.contains("<li>first question</li>") && html.contains("<li>second question</li>"),
+        "{html}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_online_recipient_and_one_who_read_in_time_get_no_email() {
+    let env = env().await;
+    let smtp = SmtpServer::start().await;
+    let online = ProjectFixture::new("Online");
+    let reader = ProjectFixture::new("Reader");
+    let control = ProjectFixture::new("Control");
+    for project in [&online, &reader, &control] {
+        project.publish_started(&env.js).await;
+    }
+    // The provider of `online` has a socket on some gateway.
+    let presence = parley_nats::buckets::presence(&env.js, 1).await.unwrap();
+    presence
+        .put(
+            parley_nats::buckets::presence_key(online.provider(), Uuid::new_v4()),
+            "1".into(),
+        )
+        .await
+        .unwrap();
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+
+    post(&env.js, &message(&online, online.client(), "you are here")).await;
+    let seq = post(&env.js, &message(&reader, reader.client(), "read me")).await;
+    let read = ReadMarked {
+        conversation_id: reader.conversation_id(),
+        user_id: reader.provider(),
+        seq: seq as i64,
+        message_id: None,
+        read_at: Utc::now(),
+        participants: vec![reader.client(), reader.provider()],
+    };
+    publish_json(
+        &env.js,
+        &subjects::conversation_reads(reader.conversation_id(), reader.provider()),
+        &read,
+    )
+    .await;
+    post(&env.js, &message(&control, control.client(), "nobody reads this")).await;
+
+    smtp.wait_for(1, PATIENCE).await;
+    no_pending_digest(&env.js).await;
+    let mail = smtp.received();
+    assert_eq!(mail.len(), 1, "only the control recipient is emailed");
+    assert!(mail[0].to[0].contains(&control.event.provider.email));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_hostile_display_name_produces_no_extra_header_and_no_live_markup() {
+    let env = env().await;
+    let smtp = SmtpServer::start().await;
+    let mut project = ProjectFixture::new("Title <i>x</i>\r\nX-Title-Injected: 1");
+    project.event.client.display_name = "Eve\r\nBcc: victim@example.test\r\n<b>bold</b>".into();
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+    post(
+        &env.js,
+        &message(&project, project.client(), "<script>alert(1)</script>"),
+    )
+    .await;
+
+    let mail = smtp.wait_for(1, PATIENCE).await;
+    let email = &mail[0];
+    for line in email.headers().split("\r\n") {
+        let lower = line.to_ascii_lowercase();
+        assert!(
+            !lower.starts_with("bcc:") && !lower.starts_with("x-title-injected:"),
+            "injected: {line}"
+        );
+    }
+    assert_eq!(email.to.len(), 1, "no extra recipient");
+    let html = email.part("text/html").unwrap();
+    for live in ["<b>", "<i>", "<script"] {
+        assert!(!html.contains(live), "live markup {live} in {html}");
+    }
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+    assert!(html.contains("&lt;b&gt;bold&lt;/b&gt;"), "{html}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back() {
+    let env = env().await;
+    let port = free_port();
+    let project = ProjectFixture::new("Outage");
+    project.publish_started(&env.js).await;
+    let shutdown = spawn_worker(config(&env, Some(format!("smtp://127.0.0.1:{port}")), DELAY));
+    post(&env.js, &message(&project, project.client(), "are you there?")).await;
+
+    // Notifications do not wait for email.
+    caught_up(&env.js).await;
+    assert_eq!(stored_notifications(&env.js).await.len(), 1);
+    // The digest is attempted and fails at least twice while nothing listens.
+    eventually("failed delivery attempts", PATIENCE, || async {
+        let stream = env.js.get_stream(parley_nats::EMAIL_STREAM).await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer("parley-email").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_redelivered >= 1 && info.delivered.stream_sequence >= 1).then_some(())
+    })
+    .await;
+    let smtp = SmtpServer::start_on(port).await;
+    let mail = smtp.wait_for(1, PATIENCE).await;
+    no_pending_digest(&env.js).await;
+    assert_eq!(mail.len(), 1);
+    assert_eq!(smtp.received().len(), 1, "sent once");
+    shutdown.cancel();
+}
