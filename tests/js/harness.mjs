@@ -273,7 +273,13 @@ class Stack {
     this.databaseUrl = dbUrl.toString();
 
     // services
-    const common = { NATS_URL: this.natsUrl, DATABASE_URL: this.databaseUrl, RUST_LOG: process.env.PARLEY_JS_RUST_LOG || "warn" };
+    const common = {
+      NATS_URL: this.natsUrl,
+      DATABASE_URL: this.databaseUrl,
+      RUST_LOG: process.env.PARLEY_JS_RUST_LOG || "warn",
+      // Each worker's admin endpoint on a port of its own: test files run in parallel.
+      PARLEY_ADMIN_LISTEN: "127.0.0.1:0",
+    };
     this.spawnChild("persistence-worker", binary("parley-persistence-worker"), [], common);
     const httpPort = await freePort();
     this.spawnChild("gateway", binary("parley-gateway"), [], {

@@ -79,9 +79,19 @@ pub enum SetupError {
     Consumer { name: String, source: async_nats::Error },
 }
 
+/// The servers of a `NATS_URL`: one URL, or several separated by commas (a cluster's seeds).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Connects with a client name, reconnecting forever: a restarted nats-server is waited for, not
 /// fatal. The first connect is retried as well, so a process may start before NATS is up.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers = server_urls(url);
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -93,7 +103,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_
                 other => info!(event = %other, "nats event"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
 }
 
@@ -157,6 +167,42 @@ pub async fn ensure_pull_consumer(
     stream.create_consumer(config).await.map_err(|e| err(e.into()))
 }
 
+/// Publishes, every few seconds until `shutdown`, each durable consumer's backlog as gauges:
+/// `parley_consumer_pending`, `parley_consumer_ack_pending` and `parley_consumer_redelivered`,
+/// labelled with the consumer's name. Every instance reports the same shared numbers.
+pub fn spawn_consumer_gauges(
+    js: jetstream::Context,
+    definitions: Vec<ConsumerDefinition>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for definition in &definitions {
+                let Ok(config) = consumer_config(*definition) else {
+                    continue;
+                };
+                let name = config.durable_name.unwrap_or_default();
+                let Ok(stream) = js.get_stream_no_info(definition.stream).await else {
+                    continue;
+                };
+                let Ok(info) = stream.consumer_info(&name).await else {
+                    continue;
+                };
+                let label = name.clone();
+                metrics::gauge!("parley_consumer_pending", "consumer" => label.clone()).set(info.num_pending as f64);
+                metrics::gauge!("parley_consumer_ack_pending", "consumer" => label.clone())
+                    .set(info.num_ack_pending as f64);
+                metrics::gauge!("parley_consumer_redelivered", "consumer" => label).set(info.num_redelivered as f64);
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +226,15 @@ mod tests {
             assert!(config.durable_name.is_some());
             assert_eq!(config.ack_policy, consumer::AckPolicy::Explicit);
         }
+    }
+
+    #[test]
+    fn a_nats_url_may_list_a_clusters_servers() {
+        assert_eq!(server_urls("nats://a:4222"), vec!["nats://a:4222"]);
+        assert_eq!(
+            server_urls("nats://a:4222, nats://b:4222,"),
+            vec!["nats://a:4222", "nats://b:4222"]
+        );
     }
 
     #[test]

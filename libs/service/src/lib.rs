@@ -2,7 +2,9 @@
 //! (refusing to start, in one line naming the variable, when a value is bad), log with `tracing`,
 //! and stop gracefully on SIGTERM or SIGINT through one cancellation token.
 
+pub mod admin;
 pub mod config;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -24,6 +26,18 @@ pub fn init_tracing() {
     };
     // A second init (tests starting several services in one process) keeps the first subscriber.
     drop(result);
+}
+
+/// Like [`init_tracing`], but writing through the test harness's capture, for tests that start
+/// services in-process.
+pub fn init_test_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    drop(
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init(),
+    );
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT.

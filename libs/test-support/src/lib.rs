@@ -159,3 +159,17 @@ pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
     })
     .await;
 }
+
+/// A binary of another workspace package, built beside the test executable (`cargo test
+/// --workspace` builds every package's binaries).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` (or cargo test --workspace) first",
+        path.display()
+    );
+    path
+}

@@ -1,13 +1,19 @@
-//! `parley`: the operator's command line. Publishes project lifecycle events the way the
-//! marketplace does and mints development tokens (only with a secret given explicitly).
+//! `parley`: the operator's command line. Shows stream and consumer status with lag, lists and
+//! re-drives dead letters, publishes project lifecycle events the way the marketplace does and
+//! mints development tokens (only with a secret given explicitly).
+//!
+//! Each command lives in its own module; this file only parses and dispatches.
+
+mod deadletters;
+mod nats;
+mod output;
+mod project;
+mod status;
+mod token;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use chrono::Utc;
 use clap::{Parser, Subcommand};
-use parley_events::{Party, ProjectClosed, ProjectStarted, subjects};
-use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(name = "parley", version, about = "Operate a Parley deployment")]
@@ -21,57 +27,29 @@ enum Command {
     /// Project lifecycle events, as the marketplace publishes them.
     Project {
         #[command(subcommand)]
-        event: ProjectCommand,
+        event: project::ProjectCommand,
     },
     /// Development tokens.
     Token {
         #[command(subcommand)]
-        action: TokenCommand,
+        action: token::TokenCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum ProjectCommand {
-    /// Publish `parley.project.started`; prints the conversation id.
-    Start {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
-        #[arg(long)]
-        project_id: Uuid,
-        #[arg(long)]
-        title: String,
-        #[arg(long)]
-        client_id: Uuid,
-        #[arg(long)]
-        client_name: String,
-        #[arg(long)]
-        client_email: String,
-        #[arg(long)]
-        provider_id: Uuid,
-        #[arg(long)]
-        provider_name: String,
-        #[arg(long)]
-        provider_email: String,
-    },
-    /// Publish `parley.project.closed`.
-    Close {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
-        #[arg(long)]
-        project_id: Uuid,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Print an HS256 token for a user. The secret must be given: there is no default.
-    Mint {
-        #[arg(long)]
-        secret: String,
-        #[arg(long)]
-        user_id: Uuid,
-        #[arg(long, default_value_t = 24)]
-        ttl_hours: i64,
+    /// Streams and durable consumers: message counts, sizes, sequences, and each consumer's lag.
+    ///
+    /// For every Parley stream (and the streams behind its key-value buckets): messages, bytes,
+    /// first and last sequence, number of consumers; a stream not created yet shows as `missing`.
+    /// For every durable consumer on them: pending, ack pending, redelivered, ack floor (stream
+    /// sequence) and lag.
+    ///
+    /// lag = num_pending + num_ack_pending: the messages the consumer has not been given yet plus
+    /// those given to it but not acknowledged yet.
+    ///
+    /// Exits non-zero only when NATS or JetStream cannot be reached.
+    Status(status::StatusArgs),
+    /// Events that could never apply, kept in PARLEY_DEADLETTER: list and re-drive them.
+    Deadletters {
+        #[command(subcommand)]
+        action: deadletters::DeadlettersCommand,
     },
 }
 
@@ -88,100 +66,9 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Project { event } => match event {
-            ProjectCommand::Start {
-                nats_url,
-                project_id,
-                title,
-                client_id,
-                client_name,
-                client_email,
-                provider_id,
-                provider_name,
-                provider_email,
-            } => {
-                let event = ProjectStarted {
-                    project_id,
-                    title,
-                    client: Party {
-                        id: client_id,
-                        display_name: client_name,
-                        email: client_email,
-                    },
-                    provider: Party {
-                        id: provider_id,
-                        display_name: provider_name,
-                        email: provider_email,
-                    },
-                    started_at: Utc::now(),
-                };
-                event.validate().map_err(anyhow::Error::msg)?;
-                publish(
-                    &nats_url,
-                    subjects::PROJECT_STARTED,
-                    &format!("started-{project_id}"),
-                    &event,
-                )
-                .await?;
-                println!("{}", parley_domain::ids::conversation_id_for_project(project_id));
-                Ok(())
-            }
-            ProjectCommand::Close { nats_url, project_id } => {
-                let event = ProjectClosed {
-                    project_id,
-                    closed_at: Utc::now(),
-                };
-                publish(
-                    &nats_url,
-                    subjects::PROJECT_CLOSED,
-                    &format!("closed-{project_id}"),
-                    &event,
-                )
-                .await
-            }
-        },
-        Command::Token {
-            action:
-                TokenCommand::Mint {
-                    secret,
-                    user_id,
-                    ttl_hours,
-                },
-        } => {
-            if secret.len() < 16 {
-                anyhow::bail!("--secret must be at least 16 characters");
-            }
-            let exp = Utc::now().timestamp() + ttl_hours * 3600;
-            let claims = serde_json::json!({ "sub": user_id, "exp": exp, "iat": Utc::now().timestamp() });
-            let token = jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &claims,
-                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-            )?;
-            println!("{token}");
-            Ok(())
-        }
+        Command::Project { event } => project::run(event).await,
+        Command::Token { action } => token::run(action),
+        Command::Status(args) => status::run(args).await,
+        Command::Deadletters { action } => deadletters::run(action).await,
     }
-}
-
-/// Publishes to JetStream (creating the streams if no service has yet) and waits for the ack.
-async fn publish(nats_url: &str, subject: &str, msg_id: &str, event: &impl serde::Serialize) -> anyhow::Result<()> {
-    let client = async_nats::ConnectOptions::new()
-        .name("parley-cli")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
-    let js = parley_nats::jetstream(client);
-    let replicas = std::env::var("PARLEY_STREAM_REPLICAS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
-    parley_nats::ensure_streams(&js, replicas).await?;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(parley_nats::MSG_ID_HEADER, msg_id);
-    js.publish_with_headers(subject.to_owned(), headers, serde_json::to_vec(event)?.into())
-        .await?
-        .await
-        .context("waiting for the JetStream ack")?;
-    Ok(())
 }

@@ -4,16 +4,19 @@
 //! socket's [`SocketSession`](crate::session::SocketSession) gate, which makes them exactly-once
 //! per socket even while a replay runs; read-mark moves go to the participants' rooms.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
+use parley_domain::Message;
 use parley_domain::model::rfc3339;
 use parley_events::subjects::{self, ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use serde_json::json;
 use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -32,7 +35,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let first = subscribe(&js, None).await?;
-    let target = Target { io, recent };
+    let target = Target {
+        io,
+        recent,
+        client: js.client(),
+    };
     Ok(tokio::spawn(async move {
         let mut resume_after: Option<u64> = None;
         let mut messages = Some(first);
@@ -83,9 +90,20 @@ async fn follow(
     shutdown: &CancellationToken,
     resume_after: &mut Option<u64>,
 ) -> anyhow::Result<()> {
+    // A reconnect may mean a restarted server that lost this ephemeral consumer; the ordered
+    // consumer would notice only after missed heartbeats, so recreate it at once instead.
+    let statistics = target.client.statistics();
+    let connects = statistics.connects.load(Ordering::Relaxed);
+    let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                if statistics.connects.load(Ordering::Relaxed) != connects {
+                    anyhow::bail!("reconnected to NATS");
+                }
+                continue;
+            }
             next = messages.next() => next,
         };
         let message = match next {
@@ -113,10 +131,21 @@ async fn follow(
     }
 }
 
+/// Emits a live `message:new` to one socket and counts it: fan-out deliveries, and the latency
+/// from the send being accepted to this emit. Callers hold the socket's session lock.
+pub fn emit_live(socket: &SocketRef, message: &Message) {
+    if socket.emit("message:new", message).is_ok() {
+        metrics::counter!("parley_gateway_fanout_deliveries_total").increment(1);
+        let latency = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
+        metrics::histogram!("parley_gateway_delivery_latency_seconds").record(latency.as_secs_f64());
+    }
+}
+
 /// Where events go: this instance's sockets.
 struct Target {
     io: SocketIo,
     recent: RecentMessages,
+    client: async_nats::Client,
 }
 
 impl Target {
@@ -130,7 +159,7 @@ impl Target {
             };
             let mut deliveries = session.lock();
             if deliveries.admit_live(&message) {
-                let _ = socket.emit("message:new", &message);
+                emit_live(&socket, &message);
             }
         }
     }

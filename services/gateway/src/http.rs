@@ -24,6 +24,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/read", post(mark_read))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|| async { parley_service::telemetry::metrics().render() }),
+        )
         .fallback(|| async {
             ApiError::Refused(parley_domain::error::Refusal::new(
                 parley_domain::ErrorCode::NotFound,
@@ -94,9 +98,13 @@ async fn send_message(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_conversation_id(&id)?;
-    let Json(body) = body.map_err(|_| ApiError::invalid_request("body must be a JSON object"))?;
-    let request = parse_send(&body, Some(id))?;
-    let sent = state.messaging.send(user, request).await?;
+    let request = body
+        .map_err(|_| ApiError::invalid_request("body must be a JSON object"))
+        .and_then(|Json(body)| parse_send(&body, Some(id)));
+    let request = request.inspect_err(crate::messaging::record_refusal)?;
+    let sent = state.messaging.send(user, request).await;
+    crate::messaging::record_send(&sent);
+    let sent = sent?;
     let status = if sent.created {
         StatusCode::CREATED
     } else {

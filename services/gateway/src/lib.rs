@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod fanout;
 pub mod http;
@@ -31,6 +32,7 @@ use tracing::info;
 pub use config::Config;
 
 use crate::auth::Authenticator;
+use crate::drain::Drain;
 use crate::messaging::Messaging;
 use crate::presence::Presence;
 use crate::recent::RecentMessages;
@@ -41,6 +43,9 @@ const MAX_PACKET_BYTES: usize = 128 * 1024;
 /// Packets queued per socket before emits fail: a replay sends up to 1000 at once, plus live
 /// traffic. The queue grows only as used, so idle sockets do not pay for the bound.
 const SOCKET_BUFFER_PACKETS: usize = 4096;
+
+/// How long shutdown waits for in-flight writes.
+const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -71,9 +76,13 @@ impl Application {
             .await
             .context("NATS_URL")?;
         let js = parley_nats::jetstream(nats.clone());
-        parley_nats::ensure_streams(&js, config.stream_replicas)
-            .await
-            .context("applying streams")?;
+        // NATS may come up after us (compose): wait for it rather than exit.
+        let replicas = config.stream_replicas;
+        let never = CancellationToken::new();
+        parley_service::retry_until("applying streams", &never, || {
+            parley_nats::ensure_streams(&js, replicas)
+        })
+        .await;
         let presence_kv = parley_nats::buckets::presence(&js, config.stream_replicas)
             .await
             .context("presence bucket")?;
@@ -85,6 +94,7 @@ impl Application {
                 store,
                 js,
                 recent: RecentMessages::default(),
+                drain: Drain::default(),
             },
             typing: TypingPublisher::new(nats.clone()),
             presence,
@@ -134,13 +144,27 @@ impl Application {
         let typing = typing::start_relay(self.state.nats.clone(), self.io.clone(), shutdown.clone()).await?;
         let io = self.io.clone();
         let stopping = shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                stopping.cancelled().await;
-                // Tell clients we are going, so they reconnect elsewhere at once.
-                io.close().await;
-            })
-            .await?;
+        let drain = self.state.messaging.drain.clone();
+        let serving = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            stopping.cancelled().await;
+            // New connections are no longer accepted. Refuse new writes, let those in flight
+            // reach JetStream and answer, then tell clients we are going so they reconnect
+            // elsewhere at once.
+            if !drain.drain(DRAIN_BOUND).await {
+                tracing::warn!("writes still in flight after the drain bound; closing anyway");
+            }
+            io.close().await;
+            info!("gateway drained");
+        });
+        // Connections that outlive the close (a stuck client) do not hold the process forever.
+        let bounded = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_BOUND * 2).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = bounded => tracing::warn!("connections still open after the shutdown bound"),
+        }
         shutdown.cancel();
         let _ = fanout.await;
         let _ = typing.await;

@@ -17,6 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::UserId;
+use crate::drain::Drain;
 use crate::error::ApiError;
 use crate::recent::RecentMessages;
 
@@ -46,12 +47,26 @@ pub struct Messaging {
     pub store: Store,
     pub js: jetstream::Context,
     pub recent: RecentMessages,
+    pub drain: Drain,
 }
 
 /// How often a read-mark move is retried when another device moved the mark at the same time.
 const MARK_ATTEMPTS: usize = 8;
 /// How long `markRead` waits for a message it does not know yet (sent a moment ago elsewhere).
 const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Counts a send's outcome: `parley_gateway_sends_total{result="accepted"|<error code>}`.
+pub fn record_send(result: &Result<Sent, ApiError>) {
+    match result {
+        Ok(_) => metrics::counter!("parley_gateway_sends_total", "result" => "accepted").increment(1),
+        Err(error) => record_refusal(error),
+    }
+}
+
+/// Counts a refused send by its code.
+pub fn record_refusal(error: &ApiError) {
+    metrics::counter!("parley_gateway_sends_total", "result" => error.code().as_str()).increment(1);
+}
 
 /// Parses a conversation id; a malformed one is an `invalid_request`.
 pub fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -124,6 +139,7 @@ impl Messaging {
     /// Accepts a message: acknowledged only once JetStream has it. A repeat of a `clientMsgId`
     /// returns the first message and publishes nothing new.
     pub async fn send(&self, user: UserId, request: SendRequest) -> Result<Sent, ApiError> {
+        let _in_flight = self.drain.enter()?;
         let access = self.access(user, request.conversation_id).await?;
         if access.status == ConversationStatus::Closed {
             return Err(Refusal::new(
@@ -159,6 +175,7 @@ impl Messaging {
         let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(parley_nats::MSG_ID_HEADER, id.to_string().as_str());
+        let publishing = std::time::Instant::now();
         let ack = self
             .js
             .publish_with_headers(
@@ -170,6 +187,7 @@ impl Messaging {
             .map_err(|e| ApiError::Unavailable(format!("publish: {e}")))?
             .await
             .map_err(|e| ApiError::Unavailable(format!("publish ack: {e}")))?;
+        metrics::histogram!("parley_gateway_publish_ack_seconds").record(publishing.elapsed().as_secs_f64());
         if ack.duplicate {
             let message = self.original_of(ack.sequence).await?;
             return Ok(Sent {
@@ -227,6 +245,7 @@ impl Messaging {
         conversation_id: Uuid,
         message_id: Option<Uuid>,
     ) -> Result<i64, ApiError> {
+        let _in_flight = self.drain.enter()?;
         let access = self.access(user, conversation_id).await?;
         let target = match message_id {
             Some(id) => self.seq_of_message(conversation_id, id).await?,

@@ -59,7 +59,7 @@ pub async fn replay(
     // Whatever happened, stop holding and release what was held, in order, under the lock.
     let mut deliveries = session.lock();
     for message in deliveries.end_replay(conversation, cursor.through) {
-        let _ = socket.emit("message:new", &message);
+        crate::fanout::emit_live(socket, &message);
     }
     drop(deliveries);
     let complete = result?;
@@ -86,6 +86,7 @@ impl Cursor<'_> {
             },
         );
         self.sent += 1;
+        metrics::counter!("parley_gateway_replayed_messages_total").increment(1);
         self.through = self.through.max(message.seq);
     }
 

@@ -71,12 +71,13 @@ async fn authenticate(
     socket.on_disconnect(on_disconnect);
     socket.join(user_room(user.0));
     state.presence.connected(user.0);
+    metrics::gauge!("parley_gateway_connected_sockets").increment(1.0);
     let graced = socket.clone();
     tokio::spawn(async move {
         tokio::time::sleep(CONNECT_GRACE).await;
         let mut deliveries = session.lock();
         for message in deliveries.end_grace() {
-            let _ = graced.emit("message:new", &message);
+            crate::fanout::emit_live(&graced, &message);
         }
     });
     Ok(())
@@ -88,9 +89,15 @@ async fn on_connect() {}
 /// A disconnect ends this socket's typing everywhere it was typing.
 async fn on_disconnect(Extension(session): Extension<SocketSession>, State(state): State<AppState>) {
     state.presence.disconnected(session.user.0);
+    metrics::gauge!("parley_gateway_connected_sockets").decrement(1.0);
     for conversation in session.take_all_typing() {
         let _ = state.typing.signal(session.user.0, conversation, false).await;
     }
+}
+
+/// Counts a client event: `parley_gateway_events_received_total{event}`.
+fn received(event: &'static str) {
+    metrics::counter!("parley_gateway_events_received_total", "event" => event).increment(1);
 }
 
 /// Sends the ack, if the client asked for one.
@@ -118,16 +125,19 @@ async fn message_send(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("message:send");
     let result = async {
         let payload = object(payload)?;
         let request = parse_send(&payload, None)?;
-        let sent = state.messaging.send(user, request).await?;
-        Ok(json!({ "ok": true, "message": sent.message }))
+        state.messaging.send(user, request).await
     };
-    answer(ack, result.await);
+    let result = result.await;
+    crate::messaging::record_send(&result);
+    answer(ack, result.map(|sent| json!({ "ok": true, "message": sent.message })));
 }
 
 async fn conversation_list(Extension(user): Extension<UserId>, ack: AckSender, State(state): State<AppState>) {
+    received("conversation:list");
     let result = async {
         let conversations = state.messaging.conversations(user).await?;
         Ok(json!({ "ok": true, "conversations": conversations }))
@@ -160,6 +170,7 @@ async fn conversation_history(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("conversation:history");
     let result = async {
         let payload = object(payload)?;
         let conversation_id = conversation_id_of(&payload)?;
@@ -182,6 +193,7 @@ async fn conversation_join(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("conversation:join");
     let result = async {
         let payload = object(payload)?;
         let conversation_id = conversation_id_of(&payload)?;
@@ -215,6 +227,7 @@ async fn conversation_leave(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("conversation:leave");
     let result = async {
         let conversation_id = conversation_id_of(&object(payload)?)?;
         if !session.has_joined(conversation_id) {
@@ -236,6 +249,7 @@ async fn conversation_typing(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("conversation:typing");
     let result = async {
         let payload = object(payload)?;
         let conversation_id = conversation_id_of(&payload)?;
@@ -262,6 +276,7 @@ async fn conversation_mark_read(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
+    received("conversation:markRead");
     let result = async {
         let payload = object(payload)?;
         let conversation_id = conversation_id_of(&payload)?;
@@ -279,5 +294,6 @@ async fn conversation_mark_read(
 }
 
 async fn unknown_event(Event(event): Event, ack: AckSender) {
+    received("unknown");
     answer(ack, Err(ApiError::invalid_request(format!("unknown event {event:?}"))));
 }

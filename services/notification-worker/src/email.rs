@@ -239,8 +239,10 @@ async fn handle(
         }
     };
     if let Err(error) = mailer.transport.send(email).await {
+        metrics::counter!("parley_emails_failed_total").increment(1);
         return transient("smtp", &error);
     }
+    metrics::counter!("parley_emails_sent_total").increment(1);
     info!(conversation = %job.conversation_id, messages = unread.len(), "email digest sent");
     if let Err(error) = sent.put(&sent_key, through.to_string().into()).await {
         warn!(%error, "recording a sent digest failed");

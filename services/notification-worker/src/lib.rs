@@ -37,6 +37,8 @@ pub struct Config {
     pub email_delay: Duration,
     /// `PARLEY_STREAM_REPLICAS`
     pub stream_replicas: usize,
+    /// `PARLEY_ADMIN_LISTEN`: `/healthz`, `/readyz`, `/metrics` (default 127.0.0.1:9092).
+    pub admin_listen: std::net::SocketAddr,
 }
 
 impl Config {
@@ -59,6 +61,10 @@ impl Config {
             email_from,
             email_delay: Duration::from_millis(config::parsed("PARLEY_EMAIL_DELAY_MS", 60_000u64)?),
             stream_replicas: config::parsed("PARLEY_STREAM_REPLICAS", 1usize)?,
+            admin_listen: config::parsed(
+                "PARLEY_ADMIN_LISTEN",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 9092)),
+            )?,
         })
     }
 }
@@ -68,6 +74,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = parley_nats::connect(&config.nats_url, "parley-notification-worker")
         .await
         .context("NATS_URL")?;
+    let ready: parley_service::admin::ReadinessCheck = {
+        let client = client.clone();
+        std::sync::Arc::new(move || {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            Box::pin(async move { connected })
+        })
+    };
+    let (admin_addr, admin) = parley_service::admin::serve(config.admin_listen, ready, shutdown.clone())
+        .await
+        .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
+    info!(%admin_addr, "admin endpoint listening");
     let js = parley_nats::jetstream(client.clone());
     let replicas = config.stream_replicas;
     let setup = || async {
@@ -90,6 +107,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(email = emailing, "notification worker running");
 
     let mut tasks = tokio::task::JoinSet::new();
+    let gauges = parley_nats::spawn_consumer_gauges(
+        js.clone(),
+        vec![
+            parley_nats::NOTIFICATION_MESSAGES_CONSUMER,
+            parley_nats::NOTIFICATION_PROJECTS_CONSUMER,
+            parley_nats::EMAIL_CONSUMER,
+        ],
+        shutdown.clone(),
+    );
     tasks.spawn(directory::run(projects, directory.clone(), shutdown.clone()));
     tasks.spawn(notify::run(
         messages,
@@ -109,6 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             result = Err(error);
         }
     }
+    let _ = gauges.await;
+    let _ = admin.await;
     client.flush().await.ok();
     info!("notification worker stopped");
     result

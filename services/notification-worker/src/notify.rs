@@ -113,6 +113,7 @@ async fn notify(
             warn!(%error, "publishing a notification failed; retrying");
             return Outcome::Retry(Duration::from_secs(1));
         }
+        metrics::counter!("parley_notifications_published_total").increment(1);
         if let Some(delay) = email_delay {
             let job = EmailDigestJob {
                 conversation_id: event.conversation_id,

@@ -22,7 +22,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    parley_service::init_tracing();
+    parley_service::init_test_tracing();
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     parley_nats::ensure_streams(&js, 1).await.unwrap();
@@ -36,6 +36,7 @@ fn config(env: &Env, smtp: Option<String>, delay: Duration) -> Config {
         email_from: "Parley <no-reply@parley.local>".parse().unwrap(),
         email_delay: delay,
         stream_replicas: 1,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     }
 }
 
@@ -226,6 +227,7 @@ fn spawn_worker_process(env: &Env) -> Child {
         .env("NATS_URL", env.nats.url())
         .env("RUST_LOG", "warn")
         .env_remove("PARLEY_SMTP_URL")
+        .env("PARLEY_ADMIN_LISTEN", "127.0.0.1:0")
         .spawn()
         .expect("start the worker binary")
 }

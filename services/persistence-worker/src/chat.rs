@@ -12,7 +12,7 @@ use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use parley_store::{MessageRow, ReadMarkRow, Store};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::{RETRY_DELAY, dead_letter};
@@ -25,9 +25,15 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = consumer.stream().max_messages_per_batch(batch_size).messages().await?;
+    let mut totals = Totals::default();
     loop {
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // The batch in hand, if any, was committed and acked; what the consumer had
+                // buffered but not handed out is redelivered to the other workers.
+                info!(persisted = totals.persisted, duplicates = totals.duplicates, "chat loop stopped");
+                return Ok(());
+            }
             next = messages.next() => next,
         };
         let mut batch = Vec::with_capacity(batch_size);
@@ -47,7 +53,21 @@ pub(crate) async fn run(
                 _ => break,
             }
         }
-        process_batch(&store, &js, batch).await;
+        totals.add(process_batch(&store, &js, batch).await);
+    }
+}
+
+/// What this worker wrote: new rows, and rows that were already there (work done twice).
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    persisted: u64,
+    duplicates: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.persisted += other.persisted;
+        self.duplicates += other.duplicates;
     }
 }
 
@@ -108,7 +128,8 @@ fn classify(message: &jetstream::Message) -> Classified {
     }
 }
 
-async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstream::Message>) {
+async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstream::Message>) -> Totals {
+    metrics::histogram!("parley_persistence_batch_size").record(batch.len() as f64);
     let classified: Vec<Classified> = batch.iter().map(classify).collect();
 
     // Authorisation at the service layer: the writer must be a participant, whoever published.
@@ -126,17 +147,22 @@ async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstr
         let ids: Vec<Uuid> = conversations.into_iter().collect();
         match store.participants_of(&ids).await {
             Ok(pairs) => pairs.into_iter().collect(),
-            Err(error) => return retry_later(&batch, &error.to_string()).await,
+            Err(error) => {
+                retry_later(&batch, &error.to_string()).await;
+                return Totals::default();
+            }
         }
     };
 
     let mut rows: HashMap<Uuid, MessageRow> = HashMap::new();
+    let mut message_count = 0u64;
     let mut reads = Vec::new();
     let mut dead: Vec<(usize, String)> = Vec::new();
     for (index, item) in classified.into_iter().enumerate() {
         match item {
             Classified::Message(row) if members.contains(&(row.conversation_id, row.sender_id)) => {
                 // A redelivery inside one batch carries the same id: keep one.
+                message_count += 1;
                 rows.entry(row.id).or_insert(row);
             }
             Classified::Message(_) => dead.push((index, "sender is not a participant of the conversation".into())),
@@ -147,20 +173,35 @@ async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstr
     }
 
     let rows: Vec<MessageRow> = rows.into_values().collect();
+    let committing = std::time::Instant::now();
     let written = async {
         let inserted = store.insert_messages(&rows).await?;
         let moved = store.apply_read_marks(&reads).await?;
         Ok::<_, parley_store::StoreError>((inserted, moved))
     };
-    match written.await {
-        Ok((inserted, moved)) => debug!(batch = batch.len(), inserted, moved, "batch committed"),
-        Err(error) => return retry_later(&batch, &error.to_string()).await,
-    }
+    let totals = match written.await {
+        Ok((inserted, moved)) => {
+            metrics::histogram!("parley_persistence_commit_seconds").record(committing.elapsed().as_secs_f64());
+            metrics::counter!("parley_persistence_messages_persisted_total").increment(inserted);
+            let duplicates = message_count.saturating_sub(inserted);
+            metrics::counter!("parley_persistence_duplicates_total").increment(duplicates);
+            debug!(batch = batch.len(), inserted, moved, "batch committed");
+            Totals {
+                persisted: inserted,
+                duplicates,
+            }
+        }
+        Err(error) => {
+            retry_later(&batch, &error.to_string()).await;
+            return Totals::default();
+        }
+    };
 
     let dead_indices: HashSet<usize> = dead.iter().map(|(i, _)| *i).collect();
     for (index, reason) in &dead {
-        if let Err(error) = dead_letter::bury(js, &batch[*index], reason).await {
-            warn!(%error, "dead-lettering failed; the event will be redelivered");
+        match dead_letter::bury(js, &batch[*index], reason).await {
+            Ok(()) => metrics::counter!("parley_persistence_dead_lettered_total").increment(1),
+            Err(error) => warn!(%error, "dead-lettering failed; the event will be redelivered"),
         }
     }
     let acks = batch
@@ -174,6 +215,7 @@ async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstr
             warn!(%error, "ack failed; the event will be redelivered");
         }
     }
+    totals
 }
 
 async fn retry_later(batch: &[jetstream::Message], error: &str) {

@@ -31,6 +31,8 @@ pub struct Config {
     pub batch_size: usize,
     /// `PARLEY_STREAM_REPLICAS`: replicas of the streams this worker creates (default 1).
     pub stream_replicas: usize,
+    /// `PARLEY_ADMIN_LISTEN`: `/healthz`, `/readyz`, `/metrics` (default 127.0.0.1:9091).
+    pub admin_listen: std::net::SocketAddr,
 }
 
 impl Config {
@@ -47,6 +49,10 @@ impl Config {
             database_url: config::or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/parley"),
             batch_size,
             stream_replicas: config::parsed("PARLEY_STREAM_REPLICAS", 1usize)?,
+            admin_listen: config::parsed(
+                "PARLEY_ADMIN_LISTEN",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
+            )?,
         })
     }
 }
@@ -54,12 +60,25 @@ impl Config {
 /// Runs the worker until `shutdown` is cancelled; then finishes and acks the batch in hand.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::connect_lazy(&config.database_url, 8).context("DATABASE_URL")?;
-    let Some(()) = parley_service::retry_until("applying migrations", &shutdown, || store.migrate()).await else {
-        return Ok(());
-    };
     let client = parley_nats::connect(&config.nats_url, "parley-persistence-worker")
         .await
         .context("NATS_URL")?;
+    let ready: parley_service::admin::ReadinessCheck = {
+        let (store, client) = (store.clone(), client.clone());
+        std::sync::Arc::new(move || {
+            let (store, client) = (store.clone(), client.clone());
+            Box::pin(async move {
+                client.connection_state() == async_nats::connection::State::Connected && store.ping().await
+            })
+        })
+    };
+    let (admin_addr, admin) = parley_service::admin::serve(config.admin_listen, ready, shutdown.clone())
+        .await
+        .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
+    info!(%admin_addr, "admin endpoint listening");
+    let Some(()) = parley_service::retry_until("applying migrations", &shutdown, || store.migrate()).await else {
+        return Ok(());
+    };
     let js = parley_nats::jetstream(client);
     let replicas = config.stream_replicas;
     let Some(()) = parley_service::retry_until("applying streams", &shutdown, || {
@@ -82,6 +101,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         return Ok(());
     };
     info!(batch_size = config.batch_size, "persistence worker running");
+    let gauges = parley_nats::spawn_consumer_gauges(
+        js.clone(),
+        vec![
+            parley_nats::PERSISTENCE_CHAT_CONSUMER,
+            parley_nats::PERSISTENCE_PROJECTS_CONSUMER,
+        ],
+        shutdown.clone(),
+    );
 
     let projects = tokio::spawn(projects::run(
         projects_consumer,
@@ -93,5 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let chat_result = chat.await;
     shutdown.cancel();
     let projects_result = projects.await.context("projects loop panicked")?;
+    let _ = gauges.await;
+    let _ = admin.await;
     chat_result.and(projects_result)
 }

@@ -48,11 +48,10 @@ pub(crate) async fn run(
             Outcome::Retry => {
                 let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
             }
-            Outcome::Dead(reason) => {
-                if let Err(error) = dead_letter::bury(&js, &message, &reason).await {
-                    warn!(%error, "dead-lettering failed; the event will be redelivered");
-                }
-            }
+            Outcome::Dead(reason) => match dead_letter::bury(&js, &message, &reason).await {
+                Ok(()) => metrics::counter!("parley_persistence_dead_lettered_total").increment(1),
+                Err(error) => warn!(%error, "dead-lettering failed; the event will be redelivered"),
+            },
         }
     }
 }

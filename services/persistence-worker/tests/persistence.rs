@@ -37,6 +37,7 @@ fn config(env: &Env) -> Config {
         database_url: env.db.url.clone(),
         batch_size: 200,
         stream_replicas: 1,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     }
 }
 
@@ -298,6 +299,7 @@ fn spawn_worker_process(env: &Env) -> Child {
         .env("NATS_URL", env.nats.url())
         .env("DATABASE_URL", &env.db.url)
         .env("PARLEY_BATCH_SIZE", "50")
+        .env("PARLEY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start the worker binary")

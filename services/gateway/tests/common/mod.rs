@@ -66,7 +66,7 @@ pub async fn spawn_gateway(nats_url: &str, database_url: &str) -> TestGateway {
 
 /// NATS, Postgres, one persistence worker and `gateways` gateways.
 pub async fn stack(gateways: usize) -> Stack {
-    parley_service::init_tracing();
+    parley_service::init_test_tracing();
     let nats = NatsServer::start();
     let db = TestDatabase::create().await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -80,6 +80,7 @@ pub async fn stack(gateways: usize) -> Stack {
         database_url: db.url.clone(),
         batch_size: 100,
         stream_replicas: 1,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     };
     tokio::spawn(parley_persistence_worker::run(config, worker.clone()));
     Stack {

@@ -1,0 +1,429 @@
+//! The processes as an operator runs them: real binaries, stopped with SIGTERM under load,
+//! scraped for metrics, and their logs read for anything that must never be there.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use parley_test_support::smtp::free_port;
+use parley_test_support::{
+    NatsServer, ProjectFixture, TEST_JWT_SECRET, TestDatabase, conversation_exists, eventually, http, workspace_binary,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A running binary whose stdout and stderr go to a file.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(binary: &Path, env: &[(&str, String)], log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(binary);
+        command
+            .env("PARLEY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Process {
+            child: command.spawn().unwrap(),
+            log,
+        }
+    }
+
+    /// SIGTERM, then the exit status within `bound`.
+    fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {bound:?}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Bench {
+    nats: NatsServer,
+    db: TestDatabase,
+    js: jetstream::Context,
+    dir: PathBuf,
+}
+
+impl Bench {
+    async fn new() -> Bench {
+        let nats = NatsServer::start();
+        let db = TestDatabase::create().await;
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        parley_nats::ensure_streams(&js, 1).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("parley-ops-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Bench { nats, db, js, dir }
+    }
+
+    fn gateway(&self, name: &str) -> (Process, SocketAddr) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let env = [
+            ("NATS_URL", self.nats.url()),
+            ("DATABASE_URL", self.db.url.clone()),
+            ("PARLEY_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
+            ("PARLEY_LISTEN", addr.to_string()),
+        ];
+        (
+            Process::start(&workspace_binary("parley-gateway"), &env, self.dir.join(name)),
+            addr,
+        )
+    }
+
+    fn worker(&self, binary: &str, name: &str) -> (Process, SocketAddr) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let env = [
+            ("NATS_URL", self.nats.url()),
+            ("DATABASE_URL", self.db.url.clone()),
+            ("PARLEY_ADMIN_LISTEN", admin.to_string()),
+            ("PARLEY_BATCH_SIZE", "50".to_owned()),
+        ];
+        (
+            Process::start(&workspace_binary(binary), &env, self.dir.join(name)),
+            admin,
+        )
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ready(addr: SocketAddr) {
+    eventually(&format!("{addr} to be ready"), Duration::from_secs(60), || async {
+        let probe = tokio::time::timeout(Duration::from_secs(2), async {
+            tokio::net::TcpStream::connect(addr).await.ok()?;
+            (http::request(addr, "GET", "/readyz", None, None).await.status == 200).then_some(())
+        });
+        probe.await.ok().flatten()
+    })
+    .await;
+}
+
+/// Sends through HTTP; `Some(id)` when the gateway acknowledged (201).
+async fn try_send(addr: SocketAddr, conversation: Uuid, token: &str, body: &str) -> Option<Uuid> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        drop(stream.set_nodelay(true));
+        let payload = json!({ "body": body }).to_string();
+        let request = format!(
+            "POST /v1/conversations/{conversation}/messages HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        if !raw.starts_with("HTTP/1.1 201") {
+            return None;
+        }
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1)?).ok()?;
+        serde_json::from_value(body["message"]["id"].clone()).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn assert_no_secrets(process: &Process, secrets: &[String]) {
+    let raw = std::fs::read_to_string(&process.log).unwrap_or_default();
+    for secret in secrets {
+        assert!(
+            !raw.contains(secret.as_str()),
+            "{} contains a message body or token",
+            process.log.display()
+        );
+    }
+}
+
+/// The `persisted` and `duplicates` a worker reported when its chat loop stopped.
+fn stop_report(worker: &Process) -> (u64, u64) {
+    let line = worker
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "chat loop stopped")
+        .unwrap_or_else(|| panic!("{} has no stop report", worker.log.display()));
+    (
+        line["persisted"].as_u64().unwrap(),
+        line["duplicates"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    let bench = Bench::new().await;
+    let (mut gateway, addr) = bench.gateway("gateway.log");
+    let mut workers = vec![
+        bench.worker("parley-persistence-worker", "worker-1.log").0,
+        bench.worker("parley-persistence-worker", "worker-2.log").0,
+    ];
+    ready(addr).await;
+    let project = ProjectFixture::new("Shutdown");
+    project.publish_started(&bench.js).await;
+    conversation_exists(&bench.db, &project).await;
+    let conversation = project.conversation_id();
+    let token = parley_test_support::token_for(project.client(), TEST_JWT_SECRET);
+
+    // Four senders keep sending until told to stop; every 201 is recorded.
+    let acked: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let marker = format!("secret-body-{}", Uuid::new_v4().simple());
+    let mut senders = Vec::new();
+    for lane in 0..4 {
+        let (acked, stop, token, marker) = (acked.clone(), stop.clone(), token.clone(), marker.clone());
+        senders.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                if let Some(id) = try_send(addr, conversation, &token, &format!("{marker} {lane}-{i}")).await {
+                    acked.lock().unwrap().push(id);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let acked_count = || acked.lock().unwrap().len();
+    let mut finished = Vec::new();
+    // Stop each worker gracefully in turn under load, starting a replacement each time.
+    for round in 0..2 {
+        let target = (round + 1) * 150;
+        eventually("sends to flow", Duration::from_secs(60), || async {
+            (acked_count() >= target).then_some(())
+        })
+        .await;
+        let mut worker = workers.remove(0);
+        let status = worker.terminate(Duration::from_secs(20));
+        assert!(status.success(), "a worker stops cleanly on SIGTERM: {status}");
+        finished.push(worker);
+        workers.push(
+            bench
+                .worker("parley-persistence-worker", &format!("worker-{}.log", round + 3))
+                .0,
+        );
+    }
+    // Then the gateway, with sends in flight.
+    eventually("more sends", Duration::from_secs(60), || async {
+        (acked_count() >= 450).then_some(())
+    })
+    .await;
+    let status = gateway.terminate(Duration::from_secs(30));
+    assert!(status.success(), "the gateway stops cleanly on SIGTERM: {status}");
+    stop.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acked: HashSet<Uuid> = acked.lock().unwrap().iter().copied().collect();
+    assert!(acked.len() >= 450);
+
+    // Every acknowledged message is stored, once.
+    let store = bench.db.store();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE conversation_id = $1")
+            .bind(conversation)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    eventually(
+        "every acknowledged message to be stored",
+        Duration::from_secs(90),
+        || async { (count().await as usize >= acked.len()).then_some(()) },
+    )
+    .await;
+    let stored: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM messages WHERE conversation_id = $1")
+        .bind(conversation)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        acked.is_subset(&stored),
+        "{} acknowledged messages lost",
+        acked.difference(&stored).count()
+    );
+    // Stored but unacknowledged ones are sends cut off by the shutdown: published, not answered.
+    assert!(
+        stored.len() - acked.len() <= 4,
+        "at most one in flight per sender went unanswered"
+    );
+
+    for worker in &mut workers {
+        assert!(worker.terminate(Duration::from_secs(20)).success());
+    }
+    finished.extend(workers);
+    // Nothing was written twice: the workers' own counts add up to the rows, with no duplicate.
+    let mut persisted = 0;
+    for worker in &finished {
+        let (rows, duplicates) = stop_report(worker);
+        assert_eq!(
+            duplicates,
+            0,
+            "{} wrote rows that were already there",
+            worker.log.display()
+        );
+        persisted += rows;
+    }
+    assert_eq!(persisted as usize, stored.len());
+    let drained = gateway.log_lines().iter().any(|l| l["message"] == "gateway drained");
+    assert!(drained, "the gateway drained before exiting");
+
+    let secrets = vec![marker, token];
+    for process in finished.iter().chain([&gateway]) {
+        assert_no_secrets(process, &secrets);
+    }
+}
+
+/// The value of the first sample of `metric` whose labels contain `labels`.
+fn sample(text: &str, metric: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let response = http::request(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(response.status, 200);
+    response.raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_on_every_process_and_move_with_traffic() {
+    let bench = Bench::new().await;
+    let (gateway, addr) = bench.gateway("gateway.log");
+    let (persistence, persistence_admin) = bench.worker("parley-persistence-worker", "persistence.log");
+    let (notification, notification_admin) = bench.worker("parley-notification-worker", "notification.log");
+    ready(addr).await;
+    ready(persistence_admin).await;
+    ready(notification_admin).await;
+    assert_eq!(
+        http::request(persistence_admin, "GET", "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http::request(notification_admin, "GET", "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+
+    let project = ProjectFixture::new("Metrics");
+    project.publish_started(&bench.js).await;
+    conversation_exists(&bench.db, &project).await;
+    let conversation = project.conversation_id();
+    let before = scrape(addr).await;
+    let client_token = parley_test_support::token_for(project.client(), TEST_JWT_SECRET);
+    let mut provider = parley_test_support::sio::Client::connect(
+        &format!("http://{addr}"),
+        json!({ "token": parley_test_support::token_for(project.provider(), TEST_JWT_SECRET) }),
+    )
+    .await
+    .unwrap();
+    let marker = format!("metric-body-{}", Uuid::new_v4().simple());
+    for i in 0..5 {
+        assert!(
+            try_send(addr, conversation, &client_token, &format!("{marker} {i}"))
+                .await
+                .is_some()
+        );
+    }
+    let refused = http::post(
+        addr,
+        &format!("/v1/conversations/{conversation}/messages"),
+        &client_token,
+        &json!({ "body": "" }),
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    let history = provider.emit_with_ack(
+        "conversation:history",
+        json!({ "conversationId": conversation }),
+        Duration::from_secs(10),
+    );
+    history.await.unwrap();
+    for _ in 0..5 {
+        provider.next_event(Duration::from_secs(10)).await.unwrap();
+    }
+
+    let after = scrape(addr).await;
+    let moved = |metric: &str, labels: &str| sample(&after, metric, labels) - sample(&before, metric, labels);
+    assert_eq!(
+        moved("parley_gateway_sends_total", "result=\"accepted\""),
+        5.0,
+        "{after}"
+    );
+    assert_eq!(moved("parley_gateway_sends_total", "result=\"invalid_message\""), 1.0);
+    assert!(moved("parley_gateway_events_received_total", "event=\"conversation:history\"") >= 1.0);
+    assert!(moved("parley_gateway_fanout_deliveries_total", "") >= 5.0);
+    assert!(sample(&after, "parley_gateway_connected_sockets", "") >= 1.0);
+    assert!(sample(&after, "parley_gateway_publish_ack_seconds_count", "") >= 5.0);
+    assert!(sample(&after, "parley_gateway_delivery_latency_seconds_count", "") >= 5.0);
+
+    eventually("the workers' counters to move", Duration::from_secs(30), || async {
+        let persisted = scrape(persistence_admin).await;
+        let notified = scrape(notification_admin).await;
+        let ok = sample(&persisted, "parley_persistence_messages_persisted_total", "") >= 5.0
+            && sample(&persisted, "parley_persistence_batch_size_count", "") >= 1.0
+            && sample(&persisted, "parley_persistence_commit_seconds_count", "") >= 1.0
+            && sample(&notified, "parley_notifications_published_total", "") >= 5.0
+            && persisted.contains("parley_consumer_pending{consumer=\"parley-persistence-chat\"}")
+            && notified.contains("parley_consumer_pending{consumer=\"parley-notification-messages\"}");
+        ok.then_some(())
+    })
+    .await;
+    let secrets = vec![marker, client_token];
+    for process in [&gateway, &persistence, &notification] {
+        assert_no_secrets(process, &secrets);
+    }
+}
