@@ -2,6 +2,9 @@
 //! (project title, who is who, their emails), learnt from `parley.project.started` and kept in the
 //! `PARLEY_CONVERSATIONS` bucket, so every notification worker shares it and none needs Postgres.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_nats::jetstream::{AckKind, consumer::PullConsumer, kv};
 use futures::StreamExt;
 use parley_domain::Role;
@@ -55,22 +58,45 @@ impl ConversationCard {
     }
 }
 
+/// Cards kept in memory; a card never changes once a project started, so no invalidation.
+const CACHED_CARDS: usize = 100_000;
+
 #[derive(Clone)]
 pub struct Directory {
     kv: kv::Store,
+    cache: Arc<Mutex<HashMap<Uuid, ConversationCard>>>,
 }
 
 impl Directory {
     pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            cache: Arc::default(),
+        }
     }
 
     /// The card of a conversation, `None` while its `project.started` has not been seen.
     pub async fn card(&self, conversation_id: Uuid) -> Result<Option<ConversationCard>, async_nats::Error> {
-        match self.kv.get(conversation_id.to_string()).await? {
-            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            None => Ok(None),
+        if let Some(card) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&conversation_id)
+        {
+            return Ok(Some(card.clone()));
         }
+        let card: Option<ConversationCard> = match self.kv.get(conversation_id.to_string()).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        };
+        if let Some(card) = &card {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHED_CARDS {
+                cache.clear();
+            }
+            cache.insert(conversation_id, card.clone());
+        }
+        Ok(card)
     }
 }
 

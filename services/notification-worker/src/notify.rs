@@ -26,34 +26,41 @@ pub(crate) async fn run(
     email_delay: Option<Duration>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer.messages().await?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                warn!(%error, "notification consumer hiccup");
-                continue;
+    let messages = consumer.messages().await?;
+    // Messages are independent (each has its own deduplicated notifications), so several are
+    // handled at once; on shutdown the stream ends and those in hand finish and ack.
+    messages
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(CONCURRENCY, |next| {
+            let (js, directory) = (&js, &directory);
+            async move {
+                let message = match next {
+                    Ok(message) => message,
+                    Err(error) => {
+                        warn!(%error, "notification consumer hiccup");
+                        return;
+                    }
+                };
+                let outcome = notify(js, directory, email_delay, &message).await;
+                let acked = match outcome {
+                    Outcome::Done => message.double_ack().await,
+                    Outcome::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+                    Outcome::Skip(reason) => {
+                        warn!(reason, "skipping a message event");
+                        message.ack_with(AckKind::Term).await
+                    }
+                };
+                if let Err(error) = acked {
+                    warn!(%error, "ack failed; the message will be redelivered and deduplicated");
+                }
             }
-            None => return Ok(()),
-        };
-        let outcome = notify(&js, &directory, email_delay, &message).await;
-        let acked = match outcome {
-            Outcome::Done => message.double_ack().await,
-            Outcome::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
-            Outcome::Skip(reason) => {
-                warn!(reason, "skipping a message event");
-                message.ack_with(AckKind::Term).await
-            }
-        };
-        if let Err(error) = acked {
-            warn!(%error, "ack failed; the message will be redelivered and deduplicated");
-        }
-    }
+        })
+        .await;
+    Ok(())
 }
+
+/// Messages handled at once by one worker.
+const CONCURRENCY: usize = 64;
 
 enum Outcome {
     Done,
