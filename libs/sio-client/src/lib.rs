@@ -17,7 +17,9 @@
 //!   per task: one websocket, one spawned reader task (which also answers Engine.IO
 //!   heartbeats while the owner is idle, so idle connections are not dropped by the
 //!   server), an unbounded event queue and a small map of pending acks. No polling
-//!   transport, no reconnection, no TLS.
+//!   transport, no reconnection, no TLS. [`Client::connect_from`] binds each connection
+//!   to a chosen local address, so a load generator can open more connections than one
+//!   source address has ephemeral ports.
 //!
 //! # Protocol scope
 //!
@@ -67,6 +69,7 @@ mod packet;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -74,7 +77,7 @@ use std::time::Duration;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -208,8 +211,51 @@ impl Client {
             .map_err(|_| Error::Timeout)?
     }
 
+    /// [`Client::connect`] from the local address `local`: the TCP connection is bound to
+    /// `(local, 0)` before it connects, so the kernel picks the source port on that address.
+    ///
+    /// A load generator opening more connections than one source address has ephemeral ports
+    /// (about 28k on Linux) spreads them over several, e.g. `127.0.0.2`, `127.0.0.3`, … on
+    /// loopback. The server address is resolved from `url` and must be of the same family
+    /// (IPv4 or IPv6) as `local`.
+    pub async fn connect_from(url: &str, auth: Value, local: IpAddr) -> Result<Self, Error> {
+        Self::connect_from_with_timeout(url, auth, local, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// [`Client::connect_from`] with an explicit timeout for the whole handshake
+    /// (address resolution + TCP + websocket + Engine.IO open + Socket.IO CONNECT).
+    pub async fn connect_from_with_timeout(
+        url: &str,
+        auth: Value,
+        local: IpAddr,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let url = engine_io_url(url)?;
+        tokio::time::timeout(timeout, Self::establish_from(&url, &auth, local))
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+
     async fn establish(url: &str, auth: &Value) -> Result<Self, Error> {
         let (ws, _response) = tokio_tungstenite::connect_async(url).await?;
+        Self::handshake(ws, auth).await
+    }
+
+    async fn establish_from(url: &str, auth: &Value, local: IpAddr) -> Result<Self, Error> {
+        let remote = resolve(url, local).await?;
+        let socket = match local {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(io_error)?;
+        socket.bind(SocketAddr::new(local, 0)).map_err(io_error)?;
+        let tcp = socket.connect(remote).await.map_err(io_error)?;
+        let (ws, _response) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
+        Self::handshake(ws, auth).await
+    }
+
+    /// Engine.IO open, then Socket.IO CONNECT, over an open websocket.
+    async fn handshake(ws: Ws, auth: &Value) -> Result<Self, Error> {
         let (sink, mut stream) = ws.split();
 
         // Engine.IO: the first packet must be the open packet.
@@ -422,6 +468,37 @@ fn engine_io_url(base: &str) -> Result<String, Error> {
         return Err(invalid("expected http://host[:port] without path or query"));
     }
     Ok(format!("ws://{authority}/socket.io/?EIO=4&transport=websocket"))
+}
+
+/// The server address of an Engine.IO URL built by [`engine_io_url`], of the same family as
+/// `local` (the port defaults to 80).
+async fn resolve(url: &str, local: IpAddr) -> Result<SocketAddr, Error> {
+    let authority = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| Error::InvalidUrl(format!("{url:?}: expected ws://host[:port]/...")))?;
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let target = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut candidates = tokio::net::lookup_host(target.as_str()).await.map_err(io_error)?;
+    candidates
+        .find(|addr| addr.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| {
+            io_error(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{authority} has no address of the family of {local}"),
+            ))
+        })
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    tungstenite::Error::Io(e).into()
 }
 
 /// State shared between the [`Client`] and its reader task.

@@ -298,3 +298,37 @@ async fn connect_timeout_and_unreachable() {
     let result = Client::connect("https://127.0.0.1:1", Value::Null).await;
     assert!(matches!(result, Err(Error::InvalidUrl(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn connect_from_binds_the_source_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), std::net::IpAddr::from([127, 0, 0, 7]));
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        assert_eq!(accept_connect(&mut ws).await, r#"40{"token":"t"}"#);
+        idle(&mut ws).await;
+    });
+    let mut client = Client::connect_from(&url, json!({ "token": "t" }), [127, 0, 0, 7].into())
+        .await
+        .unwrap();
+    assert_eq!(client.sid(), "sio-sid");
+    client.disconnect().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_from_rejects_a_local_address_of_another_family() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let local = std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    match Client::connect_from(&url, Value::Null, local).await {
+        Err(Error::WebSocket(e)) => assert!(e.to_string().contains("family"), "{e}"),
+        other => panic!("expected a WebSocket error, got {other:?}"),
+    }
+    match Client::connect_from("https://127.0.0.1:1", Value::Null, [127, 0, 0, 1].into()).await {
+        Err(Error::InvalidUrl(_)) => {}
+        other => panic!("expected InvalidUrl, got {other:?}"),
+    }
+}

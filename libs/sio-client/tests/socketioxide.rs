@@ -257,3 +257,25 @@ async fn many_clients() {
         assert_eq!(client.emit_with_ack("echo", json!(i), T).await.unwrap(), json!(i));
     }
 }
+
+#[tokio::test]
+async fn clients_from_several_source_addresses() {
+    let server = start_server().await;
+    let mut clients = Vec::new();
+    for last in 2..=4u8 {
+        let local = std::net::IpAddr::from([127, 0, 0, last]);
+        clients.push(
+            Client::connect_from(&server.url, json!({ "token": "good" }), local)
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.next_event(T).await.unwrap().0, "welcome");
+        assert_eq!(client.emit_with_ack("echo", json!(i), T).await.unwrap(), json!(i));
+    }
+    match Client::connect_from(&server.url, json!({ "token": "bad" }), [127, 0, 0, 2].into()).await {
+        Err(Error::ConnectRefused(_)) => {}
+        other => panic!("expected ConnectRefused, got {other:?}"),
+    }
+}

@@ -71,6 +71,7 @@ impl Config {
 
 /// Runs until `shutdown` is cancelled; each loop finishes the message in hand.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    parley_service::telemetry::metrics();
     let client = parley_nats::connect(&config.nats_url, "parley-notification-worker")
         .await
         .context("NATS_URL")?;

@@ -59,6 +59,7 @@ impl Config {
 
 /// Runs the worker until `shutdown` is cancelled; then finishes and acks the batch in hand.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    parley_service::telemetry::metrics();
     let store = Store::connect_lazy(&config.database_url, 8).context("DATABASE_URL")?;
     let client = parley_nats::connect(&config.nats_url, "parley-persistence-worker")
         .await

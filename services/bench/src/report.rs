@@ -1,0 +1,85 @@
+//! The report: `report.json` (every figure with its details, the machine, the versions) and
+//! `report.md` (one table a reader can take in at a glance).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::{Context, Figure};
+
+fn machine() -> serde_json::Value {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    json!({ "cores": cores, "memoryGiB": (memory_kib as f64 / 1048576.0 * 10.0).round() / 10.0, "cpu": cpu })
+}
+
+fn version_of(command: &str, args: &[&str]) -> String {
+    std::process::Command::new(command)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes both files; returns the markdown's path.
+pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
+    let nats = std::env::var("PARLEY_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let versions = json!({
+        "parley": env!("CARGO_PKG_VERSION"),
+        "natsServer": version_of(&nats, &["--version"]),
+        "postgres": version_of("psql", &["--version"]),
+        "node": version_of("node", &["--version"]),
+        "rustc": version_of("rustc", &["--version"]),
+    });
+    let report = json!({
+        "mode": format!("{:?}", context.mode).to_lowercase(),
+        "machine": machine(),
+        "versions": versions,
+        "figures": figures,
+    });
+    std::fs::write(context.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+
+    let mut md = String::from("# Parley benchmark report\n\n");
+    md.push_str(&format!(
+        "Mode: {}. Machine: {} cores, {} GiB ({}). nats-server {}, {}, node {}.\n\n",
+        report["mode"].as_str().unwrap_or(""),
+        report["machine"]["cores"],
+        report["machine"]["memoryGiB"],
+        report["machine"]["cpu"].as_str().unwrap_or(""),
+        report["versions"]["natsServer"].as_str().unwrap_or(""),
+        report["versions"]["postgres"].as_str().unwrap_or(""),
+        report["versions"]["node"].as_str().unwrap_or(""),
+    ));
+    md.push_str("| figure | Parley | baseline (same run) | ratio | goal | met |\n|---|---|---|---|---|---|\n");
+    for f in figures {
+        md.push_str(&format!(
+            "| {} | {:.1} {} | {}: {:.1} | ×{:.2} | {} | {} |\n",
+            f.name,
+            f.value,
+            f.unit,
+            f.baseline_name,
+            f.baseline_value,
+            f.ratio,
+            f.goal,
+            if f.goal_met { "yes" } else { "**no**" }
+        ));
+    }
+    md.push_str("\nDetails (percentiles, sizes, checks) are in `report.json`.\n");
+    let path = context.out.join("report.md");
+    std::fs::write(&path, md)?;
+    Ok(path)
+}

@@ -1,0 +1,109 @@
+//! What a part starts: a private nats-server and database (from `parley-test-support`), and the
+//! real release binaries as child processes, whose memory can be read from `/proc`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use parley_test_support::smtp::free_port;
+use parley_test_support::{NatsServer, TEST_JWT_SECRET, TestDatabase};
+
+use crate::Context;
+
+/// A child process, killed on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
+        let mut command = Command::new(binary);
+        command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", binary.display()))?;
+        Ok(Process { child })
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NATS and Postgres of one part.
+pub struct Infra {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl Infra {
+    pub async fn start() -> anyhow::Result<Infra> {
+        let nats = NatsServer::start();
+        let db = TestDatabase::create().await;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+        parley_nats::ensure_streams(&js, 1).await?;
+        Ok(Infra { nats, db, js })
+    }
+
+    pub fn gateway(&self, context: &Context) -> anyhow::Result<(Process, SocketAddr)> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let env = [
+            ("NATS_URL", self.nats.url()),
+            ("DATABASE_URL", self.db.url.clone()),
+            ("PARLEY_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
+            ("PARLEY_LISTEN", addr.to_string()),
+        ];
+        Ok((Process::spawn(&context.bin_dir.join("parley-gateway"), &env)?, addr))
+    }
+
+    pub fn worker(&self, context: &Context, binary: &str, extra: &[(&str, String)]) -> anyhow::Result<Process> {
+        let mut env = vec![
+            ("NATS_URL", self.nats.url()),
+            ("DATABASE_URL", self.db.url.clone()),
+            ("PARLEY_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        Process::spawn(&context.bin_dir.join(binary), &env)
+    }
+}
+
+/// Waits until `GET /readyz` on `addr` answers 200.
+pub async fn ready(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && parley_test_support::http::request(addr, "GET", "/readyz", None, None)
+                .await
+                .status
+                == 200
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{addr} never became ready")
+}
