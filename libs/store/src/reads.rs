@@ -52,6 +52,13 @@ fn role_of(raw: &str) -> Role {
 impl Store {
     /// The conversation's access facts if `user_id` is one of its participants, else `None`.
     pub async fn access(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<ConversationAccess>, StoreError> {
+        let access = self.conversation_access(conversation_id).await?;
+        Ok(access.filter(|a| a.participants.contains(&user_id)))
+    }
+
+    /// The conversation's access facts, whoever asks; `None` when it does not exist. Callers
+    /// must check membership themselves (see [`Store::access`]).
+    pub async fn conversation_access(&self, conversation_id: Uuid) -> Result<Option<ConversationAccess>, StoreError> {
         let row = sqlx::query!(
             r#"SELECT c.project_id, c.status, array_agg(p.user_id ORDER BY p.role) AS "participants!"
                  FROM conversations c
@@ -62,14 +69,12 @@ impl Store {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row
-            .filter(|r| r.participants.contains(&user_id))
-            .map(|r| ConversationAccess {
-                conversation_id,
-                project_id: r.project_id,
-                status: status_of(&r.status),
-                participants: r.participants,
-            }))
+        Ok(row.map(|r| ConversationAccess {
+            conversation_id,
+            project_id: r.project_id,
+            status: status_of(&r.status),
+            participants: r.participants,
+        }))
     }
 
     /// Every conversation of `user_id`, latest activity first, with the caller's unread count.

@@ -11,6 +11,7 @@ pub mod drain;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod membership;
 pub mod messaging;
 pub mod presence;
 pub mod recent;
@@ -33,6 +34,7 @@ pub use config::Config;
 
 use crate::auth::Authenticator;
 use crate::drain::Drain;
+use crate::membership::Membership;
 use crate::messaging::Messaging;
 use crate::presence::Presence;
 use crate::recent::RecentMessages;
@@ -84,7 +86,8 @@ pub struct Application {
     io: SocketIo,
     state: AppState,
     presence_writer: JoinHandle<()>,
-    presence_stop: CancellationToken,
+    closes: JoinHandle<()>,
+    background_stop: CancellationToken,
 }
 
 impl Application {
@@ -108,8 +111,11 @@ impl Application {
         let presence_kv = parley_nats::buckets::presence(&js, config.stream_replicas)
             .await
             .context("presence bucket")?;
-        let presence_stop = CancellationToken::new();
-        let (presence, presence_writer) = Presence::start(presence_kv, uuid::Uuid::new_v4(), presence_stop.clone());
+        let background_stop = CancellationToken::new();
+        let (presence, presence_writer) = Presence::start(presence_kv, uuid::Uuid::new_v4(), background_stop.clone());
+        // Learn closes before serving anyone, so no send slips into a conversation closing now.
+        let membership = Membership::default();
+        let closes = membership.follow_closes(nats.clone(), background_stop.clone()).await?;
         let state = AppState {
             auth: Authenticator::new(&config.jwt_secret),
             messaging: Messaging {
@@ -117,6 +123,7 @@ impl Application {
                 js,
                 recent: RecentMessages::default(),
                 drain: Drain::default(),
+                membership: membership.clone(),
             },
             typing: TypingPublisher::new(nats.clone()),
             presence,
@@ -144,7 +151,8 @@ impl Application {
             io,
             state,
             presence_writer,
-            presence_stop,
+            closes,
+            background_stop,
         })
     }
 
@@ -194,7 +202,8 @@ impl Application {
         shutdown.cancel();
         let _ = fanout.await;
         let _ = typing.await;
-        self.presence_stop.cancel();
+        self.background_stop.cancel();
+        let _ = self.closes.await;
         let _ = self.presence_writer.await;
         Ok(())
     }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::auth::UserId;
 use crate::drain::Drain;
 use crate::error::ApiError;
+use crate::membership::Membership;
 use crate::recent::RecentMessages;
 
 /// Largest history page.
@@ -48,6 +49,7 @@ pub struct Messaging {
     pub js: jetstream::Context,
     pub recent: RecentMessages,
     pub drain: Drain,
+    pub membership: Membership,
 }
 
 /// How often a read-mark move is retried when another device moved the mark at the same time.
@@ -130,9 +132,10 @@ pub fn parse_history_bounds(
 impl Messaging {
     /// The caller's access to a conversation; `not_found` when it does not exist for them.
     pub async fn access(&self, user: UserId, conversation_id: Uuid) -> Result<ConversationAccess, ApiError> {
-        self.store
-            .access(conversation_id, user.0)
+        self.membership
+            .get(&self.store, conversation_id)
             .await?
+            .filter(|access| access.participants.contains(&user.0))
             .ok_or_else(ApiError::not_found)
     }
 
