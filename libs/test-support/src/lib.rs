@@ -13,8 +13,8 @@ pub mod smtp;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Utc;
-use parley_events::{Party, ProjectClosed, ProjectStarted, subjects};
+use chrono::{SubsecRound, Utc};
+use parley_events::{MessagePosted, Party, ProjectClosed, ProjectStarted, subjects};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -111,6 +111,20 @@ impl ProjectFixture {
         publish_json(js, subjects::PROJECT_STARTED, &self.event).await;
     }
 
+    /// A message event of this project from `sender`, as the gateway would publish it.
+    pub fn message(&self, sender: Uuid, body: &str) -> MessagePosted {
+        MessagePosted {
+            id: Uuid::now_v7(),
+            conversation_id: self.conversation_id(),
+            project_id: self.event.project_id,
+            sender_id: sender,
+            body: body.to_owned(),
+            client_msg_id: None,
+            created_at: Utc::now().trunc_subsecs(3),
+            participants: vec![self.client(), self.provider()],
+        }
+    }
+
     /// Publishes `parley.project.closed`.
     pub async fn publish_closed(&self, js: &async_nats::jetstream::Context) {
         let event = ProjectClosed {
@@ -119,6 +133,20 @@ impl ProjectFixture {
         };
         publish_json(js, subjects::PROJECT_CLOSED, &event).await;
     }
+}
+
+/// Publishes a message event the way the gateway does (with `Nats-Msg-Id`); returns its stream
+/// sequence, the message's `seq`.
+pub async fn publish_message(js: &async_nats::jetstream::Context, event: &MessagePosted) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+    let subject = subjects::conversation_messages(event.conversation_id);
+    js.publish_with_headers(subject, headers, serde_json::to_vec(event).expect("json").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("publish ack")
+        .sequence
 }
 
 /// Publishes `value` as JSON on `subject` through JetStream and waits for the ack.

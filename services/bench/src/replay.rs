@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
-use parley_events::{MessagePosted, subjects};
+use parley_events::subjects;
 use parley_test_support::sio::Client;
 use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, token_for};
 use serde_json::{Value, json};
@@ -25,16 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 async fn backlog(js: &async_nats::jetstream::Context, project: &ProjectFixture, count: usize) -> anyhow::Result<()> {
     let mut acks = Vec::with_capacity(1000);
     for i in 0..count {
-        let event = MessagePosted {
-            id: Uuid::now_v7(),
-            conversation_id: project.conversation_id(),
-            project_id: project.event.project_id,
-            sender_id: project.provider(),
-            body: format!("backlog message {i} {}", "x".repeat(60)),
-            client_msg_id: None,
-            created_at: Utc::now().trunc_subsecs(3),
-            participants: vec![project.client(), project.provider()],
-        };
+        let event = project.message(project.provider(), &format!("backlog message {i} {}", "x".repeat(60)));
         let subject = subjects::conversation_messages(event.conversation_id);
         acks.push(js.publish(subject, serde_json::to_vec(&event)?.into()).await?);
         if acks.len() == 1000 {

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::{SubsecRound, Utc};
 use common::*;
-use parley_events::{MessagePosted, subjects};
+use parley_events::subjects;
 use parley_test_support::sio::Client;
 use parley_test_support::{ProjectFixture, http};
 use serde_json::{Value, json};
@@ -245,16 +244,7 @@ async fn a_replay_stops_at_a_thousand_and_says_it_is_incomplete() {
 async fn publish_backlog(js: &jetstream::Context, project: &ProjectFixture, count: usize) {
     let mut acks = Vec::new();
     for i in 0..count {
-        let event = MessagePosted {
-            id: Uuid::now_v7(),
-            conversation_id: project.conversation_id(),
-            project_id: project.event.project_id,
-            sender_id: project.provider(),
-            body: format!("backlog {i}"),
-            client_msg_id: None,
-            created_at: Utc::now().trunc_subsecs(3),
-            participants: vec![project.client(), project.provider()],
-        };
+        let event = project.message(project.provider(), &format!("backlog {i}"));
         let subject = subjects::conversation_messages(event.conversation_id);
         acks.push(
             js.publish(subject, serde_json::to_vec(&event).unwrap().into())

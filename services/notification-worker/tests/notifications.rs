@@ -5,12 +5,12 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use chrono::{SubsecRound, Utc};
+use chrono::Utc;
 use futures::StreamExt;
-use parley_events::{MessagePosted, Notification, ReadMarked, subjects};
+use parley_events::{Notification, ReadMarked, subjects};
 use parley_notification_worker::{Config, run};
 use parley_test_support::smtp::{SmtpServer, free_port};
-use parley_test_support::{NatsServer, ProjectFixture, eventually, publish_json};
+use parley_test_support::{NatsServer, ProjectFixture, eventually, publish_json, publish_message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -44,35 +44,6 @@ fn spawn_worker(config: Config) -> CancellationToken {
     let shutdown = CancellationToken::new();
     tokio::spawn(run(config, shutdown.clone()));
     shutdown
-}
-
-fn message(project: &ProjectFixture, sender: Uuid, body: &str) -> MessagePosted {
-    MessagePosted {
-        id: Uuid::now_v7(),
-        conversation_id: project.conversation_id(),
-        project_id: project.event.project_id,
-        sender_id: sender,
-        body: body.to_owned(),
-        client_msg_id: None,
-        created_at: Utc::now().trunc_subsecs(3),
-        participants: vec![project.client(), project.provider()],
-    }
-}
-
-/// Publishes as the gateway does; returns the stream sequence.
-async fn post(js: &jetstream::Context, event: &MessagePosted) -> u64 {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-    js.publish_with_headers(
-        subjects::conversation_messages(event.conversation_id),
-        headers,
-        serde_json::to_vec(event).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap()
-    .sequence
 }
 
 /// Waits until the worker's message consumer has acknowledged everything in the chat stream.
@@ -122,12 +93,12 @@ async fn each_message_notifies_each_recipient_once_with_the_project_reference_an
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
 
-    let first = message(&project, project.client(), "hello provider");
-    let second = message(&project, project.provider(), &"long reply ".repeat(30));
-    let third = message(&project, project.client(), "thanks");
+    let first = project.message(project.client(), "hello provider");
+    let second = project.message(project.provider(), &"long reply ".repeat(30));
+    let third = project.message(project.client(), "thanks");
     let mut seqs = HashMap::new();
     for event in [&first, &second, &third] {
-        seqs.insert(event.id, post(&env.js, event).await);
+        seqs.insert(event.id, publish_message(&env.js, event).await);
     }
     // Typing and read marks are not messages: they notify nobody.
     let client = async_nats::connect(env.nats.url()).await.unwrap();
@@ -211,8 +182,8 @@ async fn a_message_of_a_conversation_not_known_yet_is_retried_until_it_is() {
     let env = env().await;
     let project = ProjectFixture::new("Late start");
     let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
-    let early = message(&project, project.client(), "before the project event");
-    post(&env.js, &early).await;
+    let early = project.message(project.client(), "before the project event");
+    publish_message(&env.js, &early).await;
     project.publish_started(&env.js).await;
     caught_up(&env.js).await;
     let stored = stored_notifications(&env.js).await;
@@ -246,8 +217,8 @@ async fn two_workers_killed_repeatedly_still_notify_exactly_once_per_message() {
             } else {
                 project.provider()
             };
-            let event = message(&project, sender, &format!("round {round} message {i}"));
-            post(&env.js, &event).await;
+            let event = project.message(sender, &format!("round {round} message {i}"));
+            publish_message(&env.js, &event).await;
             sent.insert(event.id);
         }
         let victim = round % 2;
@@ -285,8 +256,8 @@ async fn an_offline_recipient_gets_one_email_for_two_messages_sent_within_the_wi
     project.event.client.display_name = "Carla Client".into();
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
-    post(&env.js, &message(&project, project.client(), "first question")).await;
-    post(&env.js, &message(&project, project.client(), "second question")).await;
+    publish_message(&env.js, &project.message(project.client(), "first question")).await;
+    publish_message(&env.js, &project.message(project.client(), "second question")).await;
 
     let mail = smtp.wait_for(1, PATIENCE).await;
     no_pending_digest(&env.js).await;
@@ -339,8 +310,8 @@ async fn an_online_recipient_and_one_who_read_in_time_get_no_email() {
         .unwrap();
     let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
 
-    post(&env.js, &message(&online, online.client(), "you are here")).await;
-    let seq = post(&env.js, &message(&reader, reader.client(), "read me")).await;
+    publish_message(&env.js, &online.message(online.client(), "you are here")).await;
+    let seq = publish_message(&env.js, &reader.message(reader.client(), "read me")).await;
     let read = ReadMarked {
         conversation_id: reader.conversation_id(),
         user_id: reader.provider(),
@@ -355,7 +326,7 @@ async fn an_online_recipient_and_one_who_read_in_time_get_no_email() {
         &read,
     )
     .await;
-    post(&env.js, &message(&control, control.client(), "nobody reads this")).await;
+    publish_message(&env.js, &control.message(control.client(), "nobody reads this")).await;
 
     smtp.wait_for(1, PATIENCE).await;
     no_pending_digest(&env.js).await;
@@ -373,11 +344,7 @@ async fn a_hostile_display_name_produces_no_extra_header_and_no_live_markup() {
     project.event.client.display_name = "Eve\r\nBcc: victim@example.test\r\n<b>bold</b>".into();
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
-    post(
-        &env.js,
-        &message(&project, project.client(), "<script>alert(1)</script>"),
-    )
-    .await;
+    publish_message(&env.js, &project.message(project.client(), "<script>alert(1)</script>")).await;
 
     let mail = smtp.wait_for(1, PATIENCE).await;
     let email = &mail[0];
@@ -405,7 +372,7 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
     let project = ProjectFixture::new("Outage");
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(config(&env, Some(format!("smtp://127.0.0.1:{port}")), DELAY));
-    post(&env.js, &message(&project, project.client(), "are you there?")).await;
+    publish_message(&env.js, &project.message(project.client(), "are you there?")).await;
 
     // Notifications do not wait for email.
     caught_up(&env.js).await;

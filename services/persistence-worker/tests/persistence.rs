@@ -7,10 +7,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
-use parley_events::{MessagePosted, subjects};
+use parley_events::subjects;
 use parley_persistence_worker::{Config, run};
 use parley_store::{HistoryQuery, MessageRow};
-use parley_test_support::{NatsServer, ProjectFixture, TestDatabase, conversation_exists, eventually};
+use parley_test_support::{NatsServer, ProjectFixture, TestDatabase, conversation_exists, eventually, publish_message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -45,35 +45,6 @@ fn spawn_worker(env: &Env) -> CancellationToken {
     let shutdown = CancellationToken::new();
     tokio::spawn(run(config(env), shutdown.clone()));
     shutdown
-}
-
-fn message_event(project: &ProjectFixture, sender: Uuid, body: &str) -> MessagePosted {
-    MessagePosted {
-        id: Uuid::now_v7(),
-        conversation_id: project.conversation_id(),
-        project_id: project.event.project_id,
-        sender_id: sender,
-        body: body.to_owned(),
-        client_msg_id: None,
-        created_at: Utc::now().trunc_subsecs(3),
-        participants: vec![project.client(), project.provider()],
-    }
-}
-
-/// Publishes a message event the way the gateway does; returns its stream sequence.
-async fn publish_message(js: &jetstream::Context, event: &MessagePosted) -> u64 {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-    js.publish_with_headers(
-        subjects::conversation_messages(event.conversation_id),
-        headers,
-        serde_json::to_vec(event).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap()
-    .sequence
 }
 
 async fn stored_count(db: &TestDatabase, conversation: Uuid) -> i64 {
@@ -158,8 +129,8 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
     let shutdown = spawn_worker(&env);
     conversation_exists(&env.db, &project).await;
 
-    let first = message_event(&project, project.client(), "hello");
-    let second = message_event(&project, project.provider(), &"é".repeat(200));
+    let first = project.message(project.client(), "hello");
+    let second = project.message(project.provider(), &"é".repeat(200));
     let seq1 = publish_message(&env.js, &first).await;
     let seq2 = publish_message(&env.js, &second).await;
     // The same event again on the stream (as after a publish beyond the duplicate window).
@@ -251,7 +222,7 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
     let shutdown = spawn_worker(&env);
     conversation_exists(&env.db, &project).await;
 
-    let intruder = message_event(&project, Uuid::new_v4(), "I am not a participant");
+    let intruder = project.message(Uuid::new_v4(), "I am not a participant");
     publish_message(&env.js, &intruder).await;
     let client = async_nats::connect(env.nats.url()).await.unwrap();
     client
@@ -262,7 +233,7 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let good = message_event(&project, project.provider(), "still flowing");
+    let good = project.message(project.provider(), "still flowing");
     publish_message(&env.js, &good).await;
 
     let store = env.db.store();
@@ -327,7 +298,7 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
             } else {
                 project.provider()
             };
-            let event = message_event(&project, sender, &format!("round {round} message {i}"));
+            let event = project.message(sender, &format!("round {round} message {i}"));
             let seq = publish_message(&env.js, &event).await;
             acked.push((event.id, seq));
         }
