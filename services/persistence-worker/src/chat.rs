@@ -45,12 +45,22 @@ pub(crate) async fn run(
             }
             None => return Ok(()),
         }
-        // Take whatever else is already here, without waiting for more.
+        // Take whatever else is already here; when a batch is filling, linger a moment for more,
+        // so a backlog is written in full batches rather than in whatever happened to be buffered.
+        let linger_until = tokio::time::Instant::now() + BATCH_LINGER;
         while batch.len() < batch_size {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.push(message),
-                Some(Some(Err(error))) => warn!(%error, "chat consumer hiccup"),
-                _ => break,
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None if batch.len() > 1 => match tokio::time::timeout_at(linger_until, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => break,
+            };
+            match next {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => warn!(%error, "chat consumer hiccup"),
+                None => break,
             }
         }
         totals.add(process_batch(&store, &js, batch).await);
@@ -70,6 +80,9 @@ impl Totals {
         self.duplicates += other.duplicates;
     }
 }
+
+/// How long a batch that is filling waits for more messages. A lone message is written at once.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What one delivered event turned out to be.
 enum Classified {
