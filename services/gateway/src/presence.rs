@@ -130,7 +130,8 @@ impl Writer {
                 }
             }
         }
-        // Going away: nobody is online here any more.
+        // Going away: nobody is online here any more. Bounded, so an unreachable NATS cannot hold
+        // the shutdown; whatever is not deleted expires with the bucket's age limit.
         let users: Vec<Uuid> = self
             .counts
             .lock()
@@ -138,8 +139,16 @@ impl Writer {
             .drain()
             .map(|(u, _)| u)
             .collect();
-        for user in users {
-            let _ = self.kv.delete(presence_key(user, self.instance)).await;
+        let cleanup = async {
+            for user in users {
+                let _ = self.kv.delete(presence_key(user, self.instance)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(3), cleanup)
+            .await
+            .is_err()
+        {
+            warn!("presence cleanup cut short; the keys expire within a minute");
         }
     }
 }
