@@ -177,6 +177,20 @@ where
     }
 }
 
+/// A durable consumer's info, `None` while it (or its stream) cannot be read: for polling.
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    js.get_stream_no_info(stream)
+        .await
+        .ok()?
+        .consumer_info(consumer)
+        .await
+        .ok()
+}
+
 /// Waits until the conversation of `project` exists in `db`.
 pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
     let store = db.store();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::UserId;
 use crate::error::ApiError;
-use crate::messaging::{parse_conversation_id, parse_history_bounds, parse_send};
+use crate::messaging::{message_id_of, parse_conversation_id, parse_history_bounds, parse_send};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -126,16 +126,10 @@ async fn mark_read(
     } else {
         serde_json::from_slice(&body).map_err(|_| ApiError::invalid_request("body must be a JSON object"))?
     };
-    let Value::Object(body) = body else {
+    if !body.is_object() {
         return Err(ApiError::invalid_request("body must be a JSON object"));
-    };
-    let message_id = match body.get("messageId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => {
-            Some(uuid::Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("messageId must be a UUID"))?)
-        }
-        Some(_) => return Err(ApiError::invalid_request("messageId must be a UUID string")),
-    };
+    }
+    let message_id = message_id_of(&body)?;
     let last_read_seq = state.messaging.mark_read(user, id, message_id).await?;
     Ok(Json(json!({ "lastReadSeq": last_read_seq })))
 }

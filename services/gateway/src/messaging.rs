@@ -75,6 +75,25 @@ pub fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("conversationId must be a UUID"))
 }
 
+/// The payload's `conversationId`, which must be a UUID string.
+pub fn conversation_id_of(payload: &Value) -> Result<Uuid, ApiError> {
+    match payload.get("conversationId") {
+        Some(Value::String(raw)) => parse_conversation_id(raw),
+        _ => Err(ApiError::invalid_request("conversationId must be a UUID string")),
+    }
+}
+
+/// The payload's optional `messageId` of a read mark, which must be a UUID string when present.
+pub fn message_id_of(payload: &Value) -> Result<Option<Uuid>, ApiError> {
+    match payload.get("messageId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(raw)) => Uuid::parse_str(raw)
+            .map(Some)
+            .map_err(|_| ApiError::invalid_request("messageId must be a UUID")),
+        Some(_) => Err(ApiError::invalid_request("messageId must be a UUID string")),
+    }
+}
+
 /// Reads `{conversationId, body, clientMsgId?}` (the id may come from the URL instead).
 pub fn parse_send(payload: &Value, conversation_id: Option<Uuid>) -> Result<SendRequest, ApiError> {
     let object = payload
@@ -82,10 +101,7 @@ pub fn parse_send(payload: &Value, conversation_id: Option<Uuid>) -> Result<Send
         .ok_or_else(|| ApiError::invalid_request("payload must be a JSON object"))?;
     let conversation_id = match conversation_id {
         Some(id) => id,
-        None => match object.get("conversationId") {
-            Some(Value::String(raw)) => parse_conversation_id(raw)?,
-            _ => return Err(ApiError::invalid_request("conversationId must be a UUID string")),
-        },
+        None => conversation_id_of(payload)?,
     };
     let body = match object.get("body") {
         Some(Value::String(body)) => body.clone(),

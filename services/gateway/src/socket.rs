@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::UserId;
 use crate::error::ApiError;
-use crate::messaging::{parse_conversation_id, parse_history_bounds, parse_send};
+use crate::messaging::{conversation_id_of, message_id_of, parse_history_bounds, parse_send};
 use crate::replay::replay;
 use crate::session::SocketSession;
 
@@ -145,12 +145,12 @@ async fn conversation_list(Extension(user): Extension<UserId>, ack: AckSender, S
     answer(ack, result.await);
 }
 
-/// The payload's `conversationId`, which must be a UUID string.
-fn conversation_id_of(payload: &Value) -> Result<Uuid, ApiError> {
-    match payload.get("conversationId") {
-        Some(Value::String(raw)) => parse_conversation_id(raw),
-        _ => Err(ApiError::invalid_request("conversationId must be a UUID string")),
+/// `not_found` unless the socket's user is a participant; a socket that joined was checked then.
+async fn ensure_member(state: &AppState, session: &SocketSession, conversation_id: Uuid) -> Result<(), ApiError> {
+    if !session.has_joined(conversation_id) {
+        state.messaging.access(session.user, conversation_id).await?;
     }
+    Ok(())
 }
 
 /// An optional non-negative integer field.
@@ -230,9 +230,7 @@ async fn conversation_leave(
     received("conversation:leave");
     let result = async {
         let conversation_id = conversation_id_of(&object(payload)?)?;
-        if !session.has_joined(conversation_id) {
-            state.messaging.access(session.user, conversation_id).await?;
-        }
+        ensure_member(&state, &session, conversation_id).await?;
         socket.leave(conversation_room(conversation_id));
         session.left(conversation_id);
         if session.stop_typing(conversation_id) {
@@ -256,9 +254,7 @@ async fn conversation_typing(
         let Some(is_typing) = payload.get("isTyping").and_then(Value::as_bool) else {
             return Err(ApiError::invalid_request("isTyping must be a boolean"));
         };
-        if !session.has_joined(conversation_id) {
-            state.messaging.access(session.user, conversation_id).await?;
-        }
+        ensure_member(&state, &session, conversation_id).await?;
         if is_typing {
             session.start_typing(conversation_id);
         } else {
@@ -280,13 +276,7 @@ async fn conversation_mark_read(
     let result = async {
         let payload = object(payload)?;
         let conversation_id = conversation_id_of(&payload)?;
-        let message_id = match payload.get("messageId") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(raw)) => {
-                Some(Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("messageId must be a UUID"))?)
-            }
-            Some(_) => return Err(ApiError::invalid_request("messageId must be a UUID string")),
-        };
+        let message_id = message_id_of(&payload)?;
         let last_read_seq = state.messaging.mark_read(user, conversation_id, message_id).await?;
         Ok(json!({ "ok": true, "lastReadSeq": last_read_seq }))
     };

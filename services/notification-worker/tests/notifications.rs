@@ -10,7 +10,7 @@ use futures::StreamExt;
 use parley_events::{Notification, ReadMarked, subjects};
 use parley_notification_worker::{Config, run};
 use parley_test_support::smtp::{SmtpServer, free_port};
-use parley_test_support::{NatsServer, ProjectFixture, eventually, publish_json, publish_message};
+use parley_test_support::{NatsServer, ProjectFixture, consumer_info, eventually, publish_json, publish_message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -49,10 +49,7 @@ fn spawn_worker(config: Config) -> CancellationToken {
 /// Waits until the worker's message consumer has acknowledged everything in the chat stream.
 async fn caught_up(js: &jetstream::Context) {
     eventually("the notification consumer to catch up", PATIENCE, || async {
-        let stream = js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
-        let mut consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer("parley-notification-messages").await.ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = consumer_info(js, parley_nats::CHAT_STREAM, "parley-notification-messages").await?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await;
@@ -379,9 +376,7 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
     assert_eq!(stored_notifications(&env.js).await.len(), 1);
     // The digest is attempted and fails at least twice while nothing listens.
     eventually("failed delivery attempts", PATIENCE, || async {
-        let stream = env.js.get_stream(parley_nats::EMAIL_STREAM).await.ok()?;
-        let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer("parley-email").await.ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = consumer_info(&env.js, parley_nats::EMAIL_STREAM, "parley-email").await?;
         (info.num_redelivered >= 1 && info.delivered.stream_sequence >= 1).then_some(())
     })
     .await;

@@ -10,7 +10,9 @@ use futures::StreamExt;
 use parley_events::subjects;
 use parley_persistence_worker::{Config, run};
 use parley_store::{HistoryQuery, MessageRow};
-use parley_test_support::{NatsServer, ProjectFixture, TestDatabase, conversation_exists, eventually, publish_message};
+use parley_test_support::{
+    NatsServer, ProjectFixture, TestDatabase, consumer_info, conversation_exists, eventually, publish_message,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -67,10 +69,7 @@ async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts(
     conversation_exists(&env.db, &project).await;
     // Both events are consumed before we count.
     eventually("both started events to be acked", PATIENCE, || async {
-        let stream = env.js.get_stream(parley_nats::PROJECTS_STREAM).await.ok()?;
-        let mut consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer("parley-persistence-projects").await.ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = consumer_info(&env.js, parley_nats::PROJECTS_STREAM, "parley-persistence-projects").await?;
         (info.ack_floor.stream_sequence == 2).then_some(())
     })
     .await;
@@ -371,10 +370,7 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
         "the ack floor to reach the stream's last sequence",
         Duration::from_secs(60),
         || async {
-            let stream = env.js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
-            let mut consumer: jetstream::consumer::PullConsumer =
-                stream.get_consumer("parley-persistence-chat").await.ok()?;
-            let info = consumer.info().await.ok()?;
+            let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
             (info.ack_floor.stream_sequence == last).then_some(())
         },
     )
@@ -413,10 +409,7 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     .await;
     // Everything consumed, and the mark did not move back with the late 7.
     eventually("the read events to be acked", PATIENCE, || async {
-        let stream = env.js.get_stream(parley_nats::CHAT_STREAM).await.ok()?;
-        let mut consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer("parley-persistence-chat").await.ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await;
