@@ -1,7 +1,10 @@
 //! The persistence worker's writes. Each is idempotent so that JetStream's at-least-once delivery
 //! (redeliveries, two workers racing on a late ack) never doubles a row or moves state back.
 
-use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use parley_domain::ids::conversation_id_for_project;
 use parley_domain::validation::PREVIEW_CHARS;
 use parley_events::{ProjectClosed, ProjectStarted};
@@ -108,10 +111,75 @@ impl Store {
     /// Writes a batch of messages in one transaction: a conflict on the message id (or on its
     /// stream sequence) does nothing, and each conversation's last message moves only forward,
     /// to the highest sequence actually inserted. Returns how many rows were new.
+    ///
+    /// The common case, a batch of rows never written before, goes through `COPY`, which costs
+    /// Postgres a fraction of an `INSERT … ON CONFLICT` (no speculative insertion, no returned
+    /// rows). A batch holding a row already there (a redelivery after a crash or a lost ack) fails
+    /// that `COPY` on a unique index, rolls back, and is written row by row idempotently instead.
     pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
+        match self.copy_new_messages(rows).await {
+            Ok(inserted) => Ok(inserted),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => self.insert_messages_idempotently(rows).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `COPY`s rows that must all be new, then moves each conversation's last message forward.
+    async fn copy_new_messages(&self, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN",
+            )
+            .await?;
+        copy.send(copy_text(rows)).await?;
+        let inserted = copy.finish().await?;
+
+        let mut latest: HashMap<Uuid, &MessageRow> = HashMap::new();
+        for row in rows {
+            let entry = latest.entry(row.conversation_id).or_insert(row);
+            if row.seq > entry.seq {
+                *entry = row;
+            }
+        }
+        let latest: Vec<&MessageRow> = latest.into_values().collect();
+        let conversations: Vec<Uuid> = latest.iter().map(|r| r.conversation_id).collect();
+        let ids: Vec<Uuid> = latest.iter().map(|r| r.id).collect();
+        let seqs: Vec<i64> = latest.iter().map(|r| r.seq).collect();
+        let senders: Vec<Uuid> = latest.iter().map(|r| r.sender_id).collect();
+        let bodies: Vec<&str> = latest.iter().map(|r| r.body.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = latest.iter().map(|r| r.created_at).collect();
+        sqlx::query!(
+            r#"UPDATE conversations c
+                  SET last_message_id = l.id,
+                      last_message_seq = l.seq,
+                      last_message_sender = l.sender_id,
+                      last_message_preview = left(l.body, $7),
+                      last_message_at = l.created_at,
+                      updated_at = GREATEST(c.updated_at, l.created_at)
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::timestamptz[])
+                      AS l(conversation_id, id, seq, sender_id, body, created_at)
+                WHERE c.id = l.conversation_id
+                  AND (c.last_message_seq IS NULL OR c.last_message_seq < l.seq)"#,
+            &conversations,
+            &ids,
+            &seqs,
+            &senders,
+            &bodies as &[&str],
+            &created,
+            PREVIEW_CHARS as i32,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// The same write for a batch that may hold rows already there: each conflict does nothing.
+    async fn insert_messages_idempotently(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -197,5 +265,67 @@ impl Store {
         .await?
         .rows_affected();
         Ok(moved)
+    }
+}
+
+/// The rows in `COPY`'s text format: tab-separated columns, `\N` for null, and backslash, tab,
+/// newline and carriage return escaped in text. Times keep microseconds, Postgres's precision,
+/// truncated as the binary encoding of the `INSERT` path truncates them.
+fn copy_text(rows: &[MessageRow]) -> Vec<u8> {
+    let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 160).sum());
+    for row in rows {
+        let _ = write!(
+            out,
+            "{}\t{}\t{}\t{}\t",
+            row.id, row.conversation_id, row.seq, row.sender_id
+        );
+        push_copy_escaped(&mut out, &row.body);
+        out.push('\t');
+        match &row.client_msg_id {
+            Some(id) => push_copy_escaped(&mut out, id),
+            None => out.push_str("\\N"),
+        }
+        out.push('\t');
+        out.push_str(&row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+fn push_copy_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_would_split_a_row_or_a_column() {
+        let row = MessageRow {
+            id: Uuid::nil(),
+            conversation_id: Uuid::nil(),
+            seq: 7,
+            sender_id: Uuid::nil(),
+            body: "a\\b\tc\nd\re \\N".into(),
+            client_msg_id: None,
+            created_at: DateTime::parse_from_rfc3339("2026-11-25T04:05:06.123456789Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let text = String::from_utf8(copy_text(&[row])).unwrap();
+        let nil = Uuid::nil();
+        assert_eq!(
+            text,
+            format!("{nil}\t{nil}\t7\t{nil}\ta\\\\b\\tc\\nd\\re \\\\N\t\\N\t2026-11-25T04:05:06.123456Z\n")
+        );
     }
 }

@@ -40,7 +40,7 @@ pub(crate) const BODY_CHARS: usize = 100;
 /// Publishes awaiting their ack while pre-filling.
 const PREFILL_IN_FLIGHT: usize = 4096;
 /// The worker's `PARLEY_BATCH_SIZE` default, which this part runs it with.
-const WORKER_BATCH_SIZE: usize = 500;
+const WORKER_BATCH_SIZE: usize = 1000;
 /// The naive worker's durable consumer on `PARLEY_CHAT`.
 const NAIVE_CONSUMER: &str = "bench-naive-persistence";
 /// How often the real worker's progress is polled.
@@ -53,7 +53,7 @@ struct Published {
 }
 
 pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
-    let n: usize = context.size(20_000, 200_000);
+    let n: usize = context.size(50_000, 200_000);
     let naive_n: usize = context.size(3_000, 20_000).min(n);
     let timeout = Duration::from_secs(context.size(180, 1_800));
 

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use parley_domain::Message;
 use parley_domain::model::rfc3339;
-use parley_events::subjects::{self, ConversationSubject, parse_conversation_subject};
+use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use serde_json::json;
 use socketioxide::SocketIo;
@@ -76,7 +76,9 @@ async fn subscribe(js: &jetstream::Context, resume_after: Option<u64>) -> anyhow
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subjects: vec![subjects::ALL_MESSAGES.to_owned(), subjects::ALL_READS.to_owned()],
+            // No filter: the stream holds exactly messages and read marks, and a consumer with
+            // subject filters costs nats-server a subject match per message (most of its CPU
+            // under load, by profile).
             deliver_policy,
             ..Default::default()
         })

@@ -1,16 +1,21 @@
 //! Messages and read marks, in batches. A batch is whatever the consumer has ready, up to the
 //! configured size: under load that amortises one commit over hundreds of rows, when idle a single
 //! message is written at once. The order per batch is: classify, write in one transaction, bury
-//! what can never apply, then ack the rest with confirmed acks.
+//! what can never apply, then ack the rest. Acks are plain (not confirmed by the server): a lost
+//! one only means a redelivery, which the idempotent writes turn into a no-op, while confirming
+//! each would cost a round trip per message.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
 use parley_domain::validation::validate_body;
 use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
-use parley_store::{MessageRow, ReadMarkRow, Store};
+use parley_store::{MessageRow, ReadMarkRow, Store, StoreError};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -25,15 +30,23 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = consumer.stream().max_messages_per_batch(batch_size).messages().await?;
+    let members = Members::default();
+    let mut in_flight: JoinSet<Totals> = JoinSet::new();
     let mut totals = Totals::default();
     loop {
+        while let Some(done) = in_flight.try_join_next() {
+            totals.add(done.context("a batch task panicked")?);
+        }
+        if in_flight.len() >= BATCHES_IN_FLIGHT
+            && let Some(done) = in_flight.join_next().await
+        {
+            totals.add(done.context("a batch task panicked")?);
+            continue;
+        }
         let first = tokio::select! {
-            _ = shutdown.cancelled() => {
-                // The batch in hand, if any, was committed and acked; what the consumer had
-                // buffered but not handed out is redelivered to the other workers.
-                info!(persisted = totals.persisted, duplicates = totals.duplicates, "chat loop stopped");
-                return Ok(());
-            }
+            // The batches in hand are finished below; what the consumer had buffered but not
+            // handed out is redelivered to the other workers.
+            _ = shutdown.cancelled() => break,
             next = messages.next() => next,
         };
         let mut batch = Vec::with_capacity(batch_size);
@@ -43,7 +56,7 @@ pub(crate) async fn run(
                 warn!(%error, "chat consumer hiccup");
                 continue;
             }
-            None => return Ok(()),
+            None => break,
         }
         // Take whatever else is already here; when a batch is filling, linger a moment for more,
         // so a backlog is written in full batches rather than in whatever happened to be buffered.
@@ -63,7 +76,68 @@ pub(crate) async fn run(
                 None => break,
             }
         }
-        totals.add(process_batch(&store, &js, batch).await);
+        let (store, js, members) = (store.clone(), js.clone(), members.clone());
+        in_flight.spawn(async move { process_batch(&store, &js, &members, batch).await });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        totals.add(done.context("a batch task panicked")?);
+    }
+    // Acks are published without waiting for the server's confirmation: send them before going.
+    if let Err(error) = js.client().flush().await {
+        warn!(%error, "flushing the last acks failed; their events will be redelivered");
+    }
+    info!(
+        persisted = totals.persisted,
+        duplicates = totals.duplicates,
+        "chat loop stopped"
+    );
+    Ok(())
+}
+
+/// Batches being written and acked at once. Two let one batch's commit (its fsync) and acks
+/// overlap the next one's fetch, parse and `COPY`; the writes stay idempotent and only move
+/// state forward, so their order does not matter.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Who may write to which conversation. A conversation's participants never change once it
+/// exists, so what was read once is kept (up to a bound); a conversation not found yet is asked
+/// for again next time, as its project may start meanwhile.
+#[derive(Debug, Clone, Default)]
+struct Members(Arc<Mutex<HashMap<Uuid, Vec<Uuid>>>>);
+
+impl Members {
+    /// Conversations remembered before the memory starts over.
+    const MAX_CONVERSATIONS: usize = 100_000;
+
+    /// Every (conversation, participant) pair of `conversations` that exist.
+    async fn of(&self, store: &Store, conversations: HashSet<Uuid>) -> Result<HashSet<(Uuid, Uuid)>, StoreError> {
+        let mut pairs = HashSet::new();
+        let mut unknown = Vec::new();
+        {
+            let known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            for conversation in conversations {
+                match known.get(&conversation) {
+                    Some(users) => pairs.extend(users.iter().map(|user| (conversation, *user))),
+                    None => unknown.push(conversation),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(pairs);
+        }
+        let found = store.participants_of(&unknown).await?;
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() + unknown.len() > Self::MAX_CONVERSATIONS {
+            known.clear();
+        }
+        for (conversation, user) in found {
+            let users = known.entry(conversation).or_default();
+            if !users.contains(&user) {
+                users.push(user);
+            }
+            pairs.insert((conversation, user));
+        }
+        Ok(pairs)
     }
 }
 
@@ -141,7 +215,12 @@ fn classify(message: &jetstream::Message) -> Classified {
     }
 }
 
-async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstream::Message>) -> Totals {
+async fn process_batch(
+    store: &Store,
+    js: &jetstream::Context,
+    members: &Members,
+    batch: Vec<jetstream::Message>,
+) -> Totals {
     metrics::histogram!("parley_persistence_batch_size").record(batch.len() as f64);
     let classified: Vec<Classified> = batch.iter().map(classify).collect();
 
@@ -154,16 +233,11 @@ async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstr
             Classified::Dead(_) => None,
         })
         .collect();
-    let members: HashSet<(Uuid, Uuid)> = if conversations.is_empty() {
-        HashSet::new()
-    } else {
-        let ids: Vec<Uuid> = conversations.into_iter().collect();
-        match store.participants_of(&ids).await {
-            Ok(pairs) => pairs.into_iter().collect(),
-            Err(error) => {
-                retry_later(&batch, &error.to_string()).await;
-                return Totals::default();
-            }
+    let members = match members.of(store, conversations).await {
+        Ok(members) => members,
+        Err(error) => {
+            retry_later(&batch, &error.to_string()).await;
+            return Totals::default();
         }
     };
 
@@ -221,7 +295,7 @@ async fn process_batch(store: &Store, js: &jetstream::Context, batch: Vec<jetstr
         .iter()
         .enumerate()
         .filter(|(i, _)| !dead_indices.contains(i))
-        .map(|(_, m)| m.double_ack());
+        .map(|(_, m)| m.ack());
     for result in futures::future::join_all(acks).await {
         if let Err(error) = result {
             // The rows are committed; a redelivery rewrites them as no-ops.

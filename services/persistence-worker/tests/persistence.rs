@@ -129,7 +129,12 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
     conversation_exists(&env.db, &project).await;
 
     let first = project.message(project.client(), "hello");
-    let second = project.message(project.provider(), &"é".repeat(200));
+    // Tabs, line breaks and backslashes (even a literal `\N`) must come back exactly as sent.
+    let mut second = project.message(
+        project.provider(),
+        &format!("tab\there\nnew line \\N back\\slash\r\n{}", "é".repeat(200)),
+    );
+    second.client_msg_id = Some("retry-key_7".into());
     let seq1 = publish_message(&env.js, &first).await;
     let seq2 = publish_message(&env.js, &second).await;
     // The same event again on the stream (as after a publish beyond the duplicate window).
@@ -165,6 +170,9 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
     assert_eq!(seqs, vec![seq1 as i64, seq2 as i64]);
     assert_eq!(page.messages[0].body, "hello");
     assert_eq!(page.messages[0].sender_id, project.client());
+    assert_eq!(page.messages[1].body, second.body);
+    assert_eq!(page.messages[1].created_at, second.created_at);
+    assert_eq!(page.messages[1].client_msg_id, second.client_msg_id);
 
     let conversation = store.conversation_of(project.client(), id).await.unwrap().unwrap();
     let last = conversation.last_message.expect("a last message");
