@@ -80,11 +80,18 @@ use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::packet::{EioPacket, SioKind};
 
+/// Websocket settings. tungstenite zero-fills its whole read buffer before every read, so its
+/// 128 KiB default costs a load generator with thousands of sockets most of its CPU (by profile);
+/// Socket.IO packets here are small, and a larger frame still arrives over several reads.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
 /// Time allowed for the whole handshake by [`Client::connect`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -237,7 +244,8 @@ impl Client {
     }
 
     async fn establish(url: &str, auth: &Value) -> Result<Self, Error> {
-        let (ws, _response) = tokio_tungstenite::connect_async(url).await?;
+        // No Nagle: an emit leaves at once, as a browser's websocket does.
+        let (ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
         Self::handshake(ws, auth).await
     }
 
@@ -250,7 +258,9 @@ impl Client {
         .map_err(io_error)?;
         socket.bind(SocketAddr::new(local, 0)).map_err(io_error)?;
         let tcp = socket.connect(remote).await.map_err(io_error)?;
-        let (ws, _response) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
+        tcp.set_nodelay(true).map_err(io_error)?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), Some(ws_config())).await?;
         Self::handshake(ws, auth).await
     }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use parley_domain::ids::conversation_id_for_project;
 use parley_domain::validation::PREVIEW_CHARS;
 use parley_events::{ProjectClosed, ProjectStarted};
+use sqlx::{Acquire as _, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -108,52 +109,97 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.conversation_id, r.user_id)).collect())
     }
 
-    /// Writes a batch of messages in one transaction: a conflict on the message id (or on its
-    /// stream sequence) does nothing, and each conversation's last message moves only forward,
-    /// to the highest sequence actually inserted. Returns how many rows were new.
-    ///
-    /// The common case, a batch of rows never written before, goes through `COPY`, which costs
-    /// Postgres a fraction of an `INSERT … ON CONFLICT` (no speculative insertion, no returned
-    /// rows). A batch holding a row already there (a redelivery after a crash or a lost ack) fails
-    /// that `COPY` on a unique index, rolls back, and is written row by row idempotently instead.
-    pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        match self.copy_new_messages(rows).await {
-            Ok(inserted) => Ok(inserted),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => self.insert_messages_idempotently(rows).await,
-            Err(e) => Err(e.into()),
-        }
+    /// Writes one batch in one transaction: its messages, then its read-mark moves, committed
+    /// only once `before_commit` resolves. The caller uses that to commit batches in stream
+    /// order while the next batch's rows are already being written. See [`Store::insert_messages`]
+    /// and [`Store::apply_read_marks`] for what each part does.
+    pub async fn write_batch(
+        &self,
+        rows: &[MessageRow],
+        reads: &[ReadMarkRow],
+        before_commit: impl std::future::Future<Output = ()>,
+    ) -> Result<BatchWritten, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = insert_messages_in(&mut tx, rows).await?;
+        let moved = apply_read_marks_on(&mut tx, reads).await?;
+        before_commit.await;
+        tx.commit().await?;
+        Ok(BatchWritten { inserted, moved })
     }
 
-    /// `COPY`s rows that must all be new, then moves each conversation's last message forward.
-    async fn copy_new_messages(&self, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+    /// Writes messages in one transaction: a conflict on the message id (or on its stream
+    /// sequence) does nothing, and each conversation's last message moves only forward, to the
+    /// highest sequence actually inserted. Returns how many rows were new.
+    pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN",
-            )
-            .await?;
-        copy.send(copy_text(rows)).await?;
-        let inserted = copy.finish().await?;
+        let inserted = insert_messages_in(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
 
-        let mut latest: HashMap<Uuid, &MessageRow> = HashMap::new();
-        for row in rows {
-            let entry = latest.entry(row.conversation_id).or_insert(row);
-            if row.seq > entry.seq {
-                *entry = row;
-            }
+    /// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
+    /// Returns how many marks actually moved.
+    pub async fn apply_read_marks(&self, rows: &[ReadMarkRow]) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(apply_read_marks_on(&mut conn, rows).await?)
+    }
+}
+
+/// What one batch changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchWritten {
+    /// Message rows that were new.
+    pub inserted: u64,
+    /// Read marks that moved forward.
+    pub moved: u64,
+}
+
+/// The common case, a batch of rows never written before, goes through `COPY`, which costs
+/// Postgres a fraction of an `INSERT … ON CONFLICT` (no speculative insertion, no returned rows).
+/// A batch holding a row already there (a redelivery after a crash or a lost ack) fails that
+/// `COPY` on a unique index, rolls back to a savepoint, and is written idempotently instead.
+async fn insert_messages_in(tx: &mut Transaction<'_, Postgres>, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut attempt = tx.begin().await?;
+    match copy_new_messages(&mut attempt, rows).await {
+        Ok(inserted) => {
+            attempt.commit().await?;
+            Ok(inserted)
         }
-        let latest: Vec<&MessageRow> = latest.into_values().collect();
-        let conversations: Vec<Uuid> = latest.iter().map(|r| r.conversation_id).collect();
-        let ids: Vec<Uuid> = latest.iter().map(|r| r.id).collect();
-        let seqs: Vec<i64> = latest.iter().map(|r| r.seq).collect();
-        let senders: Vec<Uuid> = latest.iter().map(|r| r.sender_id).collect();
-        let bodies: Vec<&str> = latest.iter().map(|r| r.body.as_str()).collect();
-        let created: Vec<DateTime<Utc>> = latest.iter().map(|r| r.created_at).collect();
-        sqlx::query!(
-            r#"UPDATE conversations c
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            attempt.rollback().await?;
+            insert_messages_idempotently(tx, rows).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `COPY`s rows that must all be new, then moves each conversation's last message forward.
+async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw("COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN")
+        .await?;
+    copy.send(copy_text(rows)).await?;
+    let inserted = copy.finish().await?;
+
+    let mut latest: HashMap<Uuid, &MessageRow> = HashMap::new();
+    for row in rows {
+        let entry = latest.entry(row.conversation_id).or_insert(row);
+        if row.seq > entry.seq {
+            *entry = row;
+        }
+    }
+    let latest: Vec<&MessageRow> = latest.into_values().collect();
+    let conversations: Vec<Uuid> = latest.iter().map(|r| r.conversation_id).collect();
+    let ids: Vec<Uuid> = latest.iter().map(|r| r.id).collect();
+    let seqs: Vec<i64> = latest.iter().map(|r| r.seq).collect();
+    let senders: Vec<Uuid> = latest.iter().map(|r| r.sender_id).collect();
+    let bodies: Vec<&str> = latest.iter().map(|r| r.body.as_str()).collect();
+    let created: Vec<DateTime<Utc>> = latest.iter().map(|r| r.created_at).collect();
+    sqlx::query!(
+        r#"UPDATE conversations c
                   SET last_message_id = l.id,
                       last_message_seq = l.seq,
                       last_message_sender = l.sender_id,
@@ -164,31 +210,30 @@ impl Store {
                       AS l(conversation_id, id, seq, sender_id, body, created_at)
                 WHERE c.id = l.conversation_id
                   AND (c.last_message_seq IS NULL OR c.last_message_seq < l.seq)"#,
-            &conversations,
-            &ids,
-            &seqs,
-            &senders,
-            &bodies as &[&str],
-            &created,
-            PREVIEW_CHARS as i32,
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(inserted)
-    }
+        &conversations,
+        &ids,
+        &seqs,
+        &senders,
+        &bodies as &[&str],
+        &created,
+        PREVIEW_CHARS as i32,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(inserted)
+}
 
-    /// The same write for a batch that may hold rows already there: each conflict does nothing.
-    async fn insert_messages_idempotently(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let senders: Vec<Uuid> = rows.iter().map(|r| r.sender_id).collect();
-        let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
-        let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
-        let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
-        let preview_chars = PREVIEW_CHARS as i32;
-        let inserted = sqlx::query_scalar!(
+/// The same write for a batch that may hold rows already there: each conflict does nothing.
+async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let senders: Vec<Uuid> = rows.iter().map(|r| r.sender_id).collect();
+    let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
+    let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let preview_chars = PREVIEW_CHARS as i32;
+    let inserted = sqlx::query_scalar!(
             r#"WITH inserted AS (
                    INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
                    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
@@ -221,10 +266,9 @@ impl Store {
             &created,
             preview_chars,
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok(u64::try_from(inserted).unwrap_or(0))
-    }
+    Ok(u64::try_from(inserted).unwrap_or(0))
 }
 
 /// One read-mark move to write.
@@ -236,19 +280,18 @@ pub struct ReadMarkRow {
     pub read_at: DateTime<Utc>,
 }
 
-impl Store {
-    /// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
-    /// Returns how many marks actually moved.
-    pub async fn apply_read_marks(&self, rows: &[ReadMarkRow]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
-        let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let read_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.read_at).collect();
-        let moved = sqlx::query!(
-            r#"UPDATE participants p
+/// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
+/// Returns how many marks actually moved.
+async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
+    let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let read_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.read_at).collect();
+    let moved = sqlx::query!(
+        r#"UPDATE participants p
                   SET last_read_seq = v.seq, read_at = v.read_at
                  FROM (SELECT DISTINCT ON (conversation_id, user_id) *
                          FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[])
@@ -256,16 +299,15 @@ impl Store {
                         ORDER BY conversation_id, user_id, seq DESC) v
                 WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
                   AND p.last_read_seq < v.seq"#,
-            &conversations,
-            &users,
-            &seqs,
-            &read_at,
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(moved)
-    }
+        &conversations,
+        &users,
+        &seqs,
+        &read_at,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(moved)
 }
 
 /// The rows in `COPY`'s text format: tab-separated columns, `\N` for null, and backslash, tab,

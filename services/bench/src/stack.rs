@@ -18,10 +18,16 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
+        // `PARLEY_BENCH_RUST_LOG` shows the services' logs while investigating a figure.
+        let log_filter = std::env::var("PARLEY_BENCH_RUST_LOG").ok();
         let mut command = Command::new(binary);
         command
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", log_filter.as_deref().unwrap_or("warn"))
+            .stdout(if log_filter.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);

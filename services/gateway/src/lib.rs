@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -179,7 +180,14 @@ impl Application {
         let io = self.io.clone();
         let stopping = shutdown.clone();
         let drain = self.state.messaging.drain.clone();
-        let serving = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // Small frames (acks, single messages) leave at once: without TCP_NODELAY, Nagle's
+        // algorithm meeting the client's delayed ACK stalls a reply up to 40 ms.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let serving = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight
             // reach JetStream and answer, then tell clients we are going so they reconnect

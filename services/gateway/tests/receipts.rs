@@ -92,12 +92,14 @@ async fn marking_read_on_one_device_updates_the_other_device_and_the_sender_and_
         );
     }
 
-    // The query model agrees once the worker caught up.
+    // The query model agrees once the worker caught up with both the mark and the marker.
     let store = stack.db.store();
-    let view = eventually("the read mark to be stored", WAIT, || async {
+    let view = eventually("the read mark and the marker to be stored", WAIT, || async {
         let view = store.conversation_of(project.client(), conversation).await.ok()??;
         let me = view.participants.iter().find(|p| p.user_id == project.client())?;
-        (Some(me.last_read_seq) == sent[2]["seq"].as_i64()).then_some(view)
+        let caught_up = Some(me.last_read_seq) == sent[2]["seq"].as_i64()
+            && view.last_message.as_ref().map(|m| m.seq) == marker["seq"].as_i64();
+        caught_up.then_some(view)
     })
     .await;
     assert_eq!(view.unread_count, 1, "only the marker is unread");

@@ -14,7 +14,8 @@ use futures::{FutureExt, StreamExt};
 use parley_domain::validation::validate_body;
 use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
-use parley_store::{MessageRow, ReadMarkRow, Store, StoreError};
+use parley_store::{BatchWritten, MessageRow, ReadMarkRow, Store, StoreError};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,6 +34,8 @@ pub(crate) async fn run(
     let members = Members::default();
     let mut in_flight: JoinSet<Totals> = JoinSet::new();
     let mut totals = Totals::default();
+    // Each batch commits only once the one before it has: one worker commits in stream order.
+    let mut previous_turn = None;
     loop {
         while let Some(done) = in_flight.try_join_next() {
             totals.add(done.context("a batch task panicked")?);
@@ -77,7 +80,9 @@ pub(crate) async fn run(
             }
         }
         let (store, js, members) = (store.clone(), js.clone(), members.clone());
-        in_flight.spawn(async move { process_batch(&store, &js, &members, batch).await });
+        let (turn, next) = WriteTurn::chain(previous_turn.take());
+        previous_turn = Some(next);
+        in_flight.spawn(async move { process_batch(&store, &js, &members, turn, batch).await });
     }
     while let Some(done) = in_flight.join_next().await {
         totals.add(done.context("a batch task panicked")?);
@@ -94,10 +99,46 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Batches being written and acked at once. Two let one batch's commit (its fsync) and acks
-/// overlap the next one's fetch, parse and `COPY`; the writes stay idempotent and only move
-/// state forward, so their order does not matter.
+/// Batches in hand at once. Two let one batch's rows be written while the previous batch commits
+/// (its fsync) and acks, while commits still happen one after the other, in stream order (see
+/// [`WriteTurn`]).
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A batch's place in the write order. Committing in stream order keeps history free of
+/// transient gaps for one worker: a reader paging with `afterSeq` never sees message n+1 stored
+/// before message n. (Several workers share the stream with no such order between them.)
+///
+/// A batch starts its statements once the previous one has run all of its own, and commits
+/// once the previous one has committed. Starting earlier could deadlock: this batch could lock
+/// a conversation row the previous one still has to update, and then wait for its commit.
+struct WriteTurn {
+    /// Resolves (or fails, if that batch gave up) once the previous batch ran its statements.
+    may_write: Option<oneshot::Receiver<()>>,
+    /// Resolves (or fails, if that batch gave up) once the previous batch has committed.
+    may_commit: Option<oneshot::Receiver<()>>,
+    /// Tells the next batch this one ran its statements (or gave up).
+    wrote: oneshot::Sender<()>,
+    /// Tells the next batch this one has committed (or given up).
+    committed: oneshot::Sender<()>,
+}
+
+impl WriteTurn {
+    /// The first batch's turn, and what the next batch's turn will wait for.
+    fn chain(
+        previous: Option<(oneshot::Receiver<()>, oneshot::Receiver<()>)>,
+    ) -> (WriteTurn, (oneshot::Receiver<()>, oneshot::Receiver<()>)) {
+        let (wrote, next_may_write) = oneshot::channel();
+        let (committed, next_may_commit) = oneshot::channel();
+        let (may_write, may_commit) = previous.map_or((None, None), |(w, c)| (Some(w), Some(c)));
+        let turn = WriteTurn {
+            may_write,
+            may_commit,
+            wrote,
+            committed,
+        };
+        (turn, (next_may_write, next_may_commit))
+    }
+}
 
 /// Who may write to which conversation. A conversation's participants never change once it
 /// exists, so what was read once is kept (up to a bound); a conversation not found yet is asked
@@ -219,6 +260,7 @@ async fn process_batch(
     store: &Store,
     js: &jetstream::Context,
     members: &Members,
+    turn: WriteTurn,
     batch: Vec<jetstream::Message>,
 ) -> Totals {
     metrics::histogram!("parley_persistence_batch_size").record(batch.len() as f64);
@@ -259,15 +301,25 @@ async fn process_batch(
         }
     }
 
-    let rows: Vec<MessageRow> = rows.into_values().collect();
+    let mut rows: Vec<MessageRow> = rows.into_values().collect();
+    rows.sort_unstable_by_key(|row| row.seq);
     let committing = std::time::Instant::now();
-    let written = async {
-        let inserted = store.insert_messages(&rows).await?;
-        let moved = store.apply_read_marks(&reads).await?;
-        Ok::<_, parley_store::StoreError>((inserted, moved))
+    // The rows are written while the previous batch commits; this one commits after it.
+    if let Some(previous) = turn.may_write {
+        let _ = previous.await;
+    }
+    let (wrote, may_commit) = (turn.wrote, turn.may_commit);
+    let before_commit = async move {
+        let _ = wrote.send(());
+        if let Some(previous) = may_commit {
+            let _ = previous.await;
+        }
     };
-    let totals = match written.await {
-        Ok((inserted, moved)) => {
+    let written = store.write_batch(&rows, &reads, before_commit).await;
+    // Sent on failure too: the next batch then goes on (this one comes back later, redelivered).
+    let _ = turn.committed.send(());
+    let totals = match written {
+        Ok(BatchWritten { inserted, moved }) => {
             metrics::histogram!("parley_persistence_commit_seconds").record(committing.elapsed().as_secs_f64());
             metrics::counter!("parley_persistence_messages_persisted_total").increment(inserted);
             let duplicates = message_count.saturating_sub(inserted);

@@ -439,3 +439,39 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     assert_eq!(store.read_mark(conversation, project.provider()).await.unwrap(), 6);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
+    let env = env().await;
+    let project = ProjectFixture::new("Ordered commits");
+    project.publish_started(&env.js).await;
+    // A backlog of many batches (the test config's batch is 200), published before the worker
+    // starts so that it writes full batches back to back, two in hand at once.
+    let total = 3000;
+    for i in 0..total {
+        publish_message(&env.js, &project.message(project.client(), &format!("backlog {i}"))).await;
+    }
+    let shutdown = spawn_worker(&env);
+    let pool = env.db.store();
+    let mut observations = 0;
+    loop {
+        // One snapshot: how many rows, and the highest seq among them.
+        let (count, highest): (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(max(seq), 0) FROM messages WHERE conversation_id = $1")
+                .bind(project.conversation_id())
+                .fetch_one(pool.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            count, highest,
+            "the messages stored must be exactly seqs 1..={highest}, with no gap below the highest"
+        );
+        observations += 1;
+        if count == total {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(observations > 1, "the backlog was never seen part-way");
+    shutdown.cancel();
+}
