@@ -287,8 +287,15 @@ async fn process_batch(
     let mut message_count = 0u64;
     let mut reads = Vec::new();
     let mut dead: Vec<(usize, String)> = Vec::new();
+    // A conversation with no participants found is not created yet: its `project.started` may
+    // still be on its way (both backlogs drain at once after an outage). Its events come back
+    // later instead of being buried.
+    let known: HashSet<Uuid> = members.iter().map(|(conversation, _)| *conversation).collect();
+    let mut not_yet: Vec<usize> = Vec::new();
     for (index, item) in classified.into_iter().enumerate() {
         match item {
+            Classified::Message(row) if !known.contains(&row.conversation_id) => not_yet.push(index),
+            Classified::Read(row) if !known.contains(&row.conversation_id) => not_yet.push(index),
             Classified::Message(row) if members.contains(&(row.conversation_id, row.sender_id)) => {
                 // A redelivery inside one batch carries the same id: keep one.
                 message_count += 1;
@@ -336,7 +343,12 @@ async fn process_batch(
         }
     };
 
-    let dead_indices: HashSet<usize> = dead.iter().map(|(i, _)| *i).collect();
+    let naks = not_yet
+        .iter()
+        .map(|index| batch[*index].ack_with(AckKind::Nak(Some(RETRY_DELAY))));
+    futures::future::join_all(naks).await;
+    let mut dead_indices: HashSet<usize> = dead.iter().map(|(i, _)| *i).collect();
+    dead_indices.extend(not_yet);
     for (index, reason) in &dead {
         match dead_letter::bury(js, &batch[*index], reason).await {
             Ok(()) => metrics::counter!("parley_persistence_dead_lettered_total").increment(1),

@@ -445,6 +445,9 @@ async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
     let env = env().await;
     let project = ProjectFixture::new("Ordered commits");
     project.publish_started(&env.js).await;
+    // The conversation exists before the worker starts: messages of a conversation not created
+    // yet are sent back for later, which reorders them on purpose.
+    env.db.store().apply_project_started(&project.event).await.unwrap();
     // A backlog of many batches (the test config's batch is 200), published before the worker
     // starts so that it writes full batches back to back, two in hand at once.
     let total = 3000;
