@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, migrate::Migrator};
 
 pub use reads::{ConversationAccess, HistoryPage, HistoryQuery};
-pub use writes::{BatchWritten, ClosedOutcome, MessageRow, ReadMarkRow};
+pub use writes::{BatchWritten, ClosedOutcome, MessageRow, ReadMarkRow, messages_copy_text};
 
 /// The schema, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");

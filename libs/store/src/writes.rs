@@ -181,7 +181,7 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
     let mut copy = conn
         .copy_in_raw("COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN")
         .await?;
-    copy.send(copy_text(rows)).await?;
+    copy.send(messages_copy_text(rows)).await?;
     let inserted = copy.finish().await?;
 
     let mut latest: HashMap<Uuid, &MessageRow> = HashMap::new();
@@ -310,10 +310,11 @@ async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> R
     Ok(moved)
 }
 
-/// The rows in `COPY`'s text format: tab-separated columns, `\N` for null, and backslash, tab,
+/// The rows in `COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id,
+/// created_at) FROM STDIN`'s text format: tab-separated columns, `\N` for null, and backslash, tab,
 /// newline and carriage return escaped in text. Times keep microseconds, Postgres's precision,
 /// truncated as the binary encoding of the `INSERT` path truncates them.
-fn copy_text(rows: &[MessageRow]) -> Vec<u8> {
+pub fn messages_copy_text(rows: &[MessageRow]) -> Vec<u8> {
     let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 160).sum());
     for row in rows {
         let _ = write!(
@@ -351,7 +352,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_escapes_what_would_split_a_row_or_a_column() {
+    fn messages_copy_text_escapes_what_would_split_a_row_or_a_column() {
         let row = MessageRow {
             id: Uuid::nil(),
             conversation_id: Uuid::nil(),
@@ -363,7 +364,7 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         };
-        let text = String::from_utf8(copy_text(&[row])).unwrap();
+        let text = String::from_utf8(messages_copy_text(&[row])).unwrap();
         let nil = Uuid::nil();
         assert_eq!(
             text,

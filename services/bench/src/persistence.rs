@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use async_nats::jetstream::{self, consumer};
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parley_events::{MessagePosted, subjects};
+use parley_store::{MessageRow, messages_copy_text};
 use parley_test_support::smtp::free_port;
 use parley_test_support::{ProjectFixture, TestDatabase};
 use serde_json::json;
@@ -442,15 +443,27 @@ struct Copied {
     bytes: usize,
 }
 
-/// `COPY messages FROM STDIN` of `rows` (text format, sent in 1 MiB chunks), timed from the
-/// statement to its commit; the text is prepared before.
+/// `COPY messages FROM STDIN` of `rows` (the worker's own text encoding, sent in 1 MiB chunks),
+/// timed from the statement to its commit; the text is prepared before.
 async fn copy_rows(conn: &mut PgConnection, rows: &[Published]) -> anyhow::Result<Copied> {
-    let data = copy_text(rows);
+    let rows: Vec<MessageRow> = rows
+        .iter()
+        .map(|p| MessageRow {
+            id: p.event.id,
+            conversation_id: p.event.conversation_id,
+            seq: p.seq,
+            sender_id: p.event.sender_id,
+            body: p.event.body.clone(),
+            client_msg_id: p.event.client_msg_id.clone(),
+            created_at: p.event.created_at,
+        })
+        .collect();
+    let data = messages_copy_text(&rows);
     let started = Instant::now();
     let mut copy = conn
         .copy_in_raw("COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN")
         .await?;
-    for chunk in data.as_bytes().chunks(1 << 20) {
+    for chunk in data.chunks(1 << 20) {
         copy.send(chunk).await?;
     }
     let copied = copy.finish().await?;
@@ -467,8 +480,8 @@ async fn copy_rows(conn: &mut PgConnection, rows: &[Published]) -> anyhow::Resul
 }
 
 /// What the worker's own `/metrics` say about the drain: batches, their mean size, and the share
-/// of the wall time spent in the batch's database write (the rest is fetching, checking
-/// membership and the confirmed acks, one after the other).
+/// of the wall time spent in the batch's database write (batches overlap, so the share can pass
+/// 1).
 async fn worker_metrics(admin: std::net::SocketAddr, wall: Duration) -> serde_json::Value {
     let text = scrape(admin).await;
     let value = |name: &str| metric(&text, name);
@@ -521,44 +534,6 @@ async fn check_rows(db: &mut PgConnection, expected: &HashMap<Uuid, i64>, writer
         ensure!(seen.insert(id), "{writer} stored message {id} twice");
     }
     Ok(())
-}
-
-/// The rows of `published` in `COPY … FROM STDIN` text format.
-fn copy_text(published: &[Published]) -> String {
-    let mut out = String::with_capacity(published.len() * (BODY_CHARS + 160));
-    for p in published {
-        let e = &p.event;
-        out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t",
-            e.id, e.conversation_id, p.seq, e.sender_id
-        ));
-        escape_copy(&mut out, &e.body);
-        out.push('\t');
-        match &e.client_msg_id {
-            Some(id) => escape_copy(&mut out, id),
-            None => out.push_str("\\N"),
-        }
-        out.push('\t');
-        out.push_str(&timestamp(e.created_at));
-        out.push('\n');
-    }
-    out
-}
-
-fn escape_copy(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-}
-
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Drops the databases a part created (best effort: a leftover database costs disk, not results).
