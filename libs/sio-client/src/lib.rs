@@ -13,13 +13,17 @@
 //!   negative assertions ("user B must not see this") straightforward.
 //! * **Raw access** for malformed-payload tests ([`Client::emit_raw`],
 //!   [`Client::emit_raw_with_ack`]).
-//! * **Low per-connection cost**, because the load generator opens many connections
-//!   per task: one websocket, one spawned reader task (which also answers Engine.IO
-//!   heartbeats while the owner is idle, so idle connections are not dropped by the
-//!   server), an unbounded event queue and a small map of pending acks. No polling
-//!   transport, no reconnection, no TLS. [`Client::connect_from`] binds each connection
-//!   to a chosen local address, so a load generator can open more connections than one
-//!   source address has ephemeral ports.
+//! * **Low per-connection cost**, because the load generator holds tens of thousands of
+//!   connections: one websocket, one reader (which also answers Engine.IO heartbeats
+//!   while the owner is idle, so idle connections are not dropped by the server), an
+//!   unbounded event queue and a small map of pending acks. No polling transport, no
+//!   reconnection, no TLS. By default the reader is a spawned task;
+//!   [`Connector::connect_driven`] hands it back as a [`Driver`] instead, so one task can
+//!   drive the readers of many connections (e.g. in a `FuturesUnordered`), and
+//!   [`Connector::on_event`] lets that reader handle each event in place rather than
+//!   queue it. [`Connector::local`] binds a connection to a chosen local address, so a
+//!   load generator can open more connections than one source address has ephemeral
+//!   ports.
 //!
 //! # Protocol scope
 //!
@@ -69,9 +73,12 @@ mod packet;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::stream::{SplitSink, SplitStream};
@@ -105,6 +112,9 @@ type WsStream = SplitStream<Ws>;
 
 /// A server→client event: its name and its first argument (`null` if it had none).
 type Event = (String, Value);
+
+/// Handles each server→client event in place of the event queue; see [`Connector::on_event`].
+pub type EventHook = Box<dyn FnMut(String, Value) + Send>;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +196,10 @@ pub struct Client {
     events: mpsc::UnboundedReceiver<Event>,
     shared: Arc<Shared>,
     next_ack_id: AtomicU64,
+    /// The spawned reader, if [`Connector::connect`] spawned it.
     reader: Option<JoinHandle<()>>,
+    /// Dropped with the client, which ends its reader (spawned or driven) and the connection.
+    _alive: oneshot::Sender<()>,
 }
 
 impl fmt::Debug for Client {
@@ -199,6 +212,19 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    /// How to connect to the Socket.IO server at `url` (`http://host:port`, no path), sending
+    /// `auth` as the CONNECT payload (`Value::Null` sends none): adjust the defaults, then
+    /// [`Connector::connect`] or [`Connector::connect_driven`].
+    pub fn connector(url: &str, auth: Value) -> Connector {
+        Connector {
+            url: url.to_owned(),
+            auth,
+            local: None,
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            on_event: None,
+        }
+    }
+
     /// Connects to the default namespace of the Socket.IO server at `url`
     /// (`http://host:port`, no path), sending `auth` as the CONNECT payload
     /// (`Value::Null` sends none). Gives up after [`DEFAULT_CONNECT_TIMEOUT`].
@@ -206,27 +232,18 @@ impl Client {
     /// Returns [`Error::ConnectRefused`] with the server's message if the namespace
     /// CONNECT is refused (`44`).
     pub async fn connect(url: &str, auth: Value) -> Result<Self, Error> {
-        Self::connect_with_timeout(url, auth, DEFAULT_CONNECT_TIMEOUT).await
+        Self::connector(url, auth).connect().await
     }
 
     /// [`Client::connect`] with an explicit timeout for the whole handshake
     /// (TCP + websocket + Engine.IO open + Socket.IO CONNECT).
     pub async fn connect_with_timeout(url: &str, auth: Value, timeout: Duration) -> Result<Self, Error> {
-        let url = engine_io_url(url)?;
-        tokio::time::timeout(timeout, Self::establish(&url, &auth))
-            .await
-            .map_err(|_| Error::Timeout)?
+        Self::connector(url, auth).timeout(timeout).connect().await
     }
 
-    /// [`Client::connect`] from the local address `local`: the TCP connection is bound to
-    /// `(local, 0)` before it connects, so the kernel picks the source port on that address.
-    ///
-    /// A load generator opening more connections than one source address has ephemeral ports
-    /// (about 28k on Linux) spreads them over several, e.g. `127.0.0.2`, `127.0.0.3`, … on
-    /// loopback. The server address is resolved from `url` and must be of the same family
-    /// (IPv4 or IPv6) as `local`.
+    /// [`Client::connect`] from the local address `local`; see [`Connector::local`].
     pub async fn connect_from(url: &str, auth: Value, local: IpAddr) -> Result<Self, Error> {
-        Self::connect_from_with_timeout(url, auth, local, DEFAULT_CONNECT_TIMEOUT).await
+        Self::connector(url, auth).local(local).connect().await
     }
 
     /// [`Client::connect_from`] with an explicit timeout for the whole handshake
@@ -237,97 +254,7 @@ impl Client {
         local: IpAddr,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let url = engine_io_url(url)?;
-        tokio::time::timeout(timeout, Self::establish_from(&url, &auth, local))
-            .await
-            .map_err(|_| Error::Timeout)?
-    }
-
-    async fn establish(url: &str, auth: &Value) -> Result<Self, Error> {
-        // No Nagle: an emit leaves at once, as a browser's websocket does.
-        let (ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
-        Self::handshake(ws, auth).await
-    }
-
-    async fn establish_from(url: &str, auth: &Value, local: IpAddr) -> Result<Self, Error> {
-        let remote = resolve(url, local).await?;
-        let socket = match local {
-            IpAddr::V4(_) => TcpSocket::new_v4(),
-            IpAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(io_error)?;
-        socket.bind(SocketAddr::new(local, 0)).map_err(io_error)?;
-        let tcp = socket.connect(remote).await.map_err(io_error)?;
-        tcp.set_nodelay(true).map_err(io_error)?;
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), Some(ws_config())).await?;
-        Self::handshake(ws, auth).await
-    }
-
-    /// Engine.IO open, then Socket.IO CONNECT, over an open websocket.
-    async fn handshake(ws: Ws, auth: &Value) -> Result<Self, Error> {
-        let (sink, mut stream) = ws.split();
-
-        // Engine.IO: the first packet must be the open packet.
-        let open = loop {
-            match stream.next().await {
-                Some(Ok(Message::Text(text))) => match packet::parse_eio(&text) {
-                    Ok(EioPacket::Open(payload)) => {
-                        break packet::parse_open(payload).map_err(Error::Protocol)?;
-                    }
-                    _ => {
-                        return Err(Error::Protocol(format!(
-                            "expected Engine.IO open packet, got {:?}",
-                            text.as_str()
-                        )));
-                    }
-                },
-                Some(Ok(Message::Close(_))) | None => {
-                    return Err(Error::Disconnected(DisconnectReason::TransportClosed));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-            }
-        };
-
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
-        let dispatcher = Dispatcher {
-            sink: Arc::new(AsyncMutex::new(sink)),
-            events: events_tx,
-            shared: Arc::clone(&shared),
-        };
-
-        // Socket.IO: CONNECT to the default namespace and wait for the verdict.
-        dispatcher.send(packet::encode_connect(auth)).await?;
-        let sid = loop {
-            let msg = match stream.next().await {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(Error::Disconnected(DisconnectReason::TransportClosed)),
-            };
-            match dispatcher.handle(msg).await {
-                Step::Continue => {}
-                Step::Connected(sid) => break sid,
-                Step::Refused(message) => return Err(Error::ConnectRefused(message)),
-                Step::Stop(DisconnectReason::ProtocolViolation(e)) => {
-                    return Err(Error::Protocol(e));
-                }
-                Step::Stop(reason) => return Err(Error::Disconnected(reason)),
-            }
-        };
-
-        let sink = Arc::clone(&dispatcher.sink);
-        let idle_limit = open.ping_interval + open.ping_timeout;
-        let reader = tokio::spawn(read_loop(stream, dispatcher, idle_limit));
-        Ok(Client {
-            sid,
-            sink,
-            events,
-            shared,
-            next_ack_id: AtomicU64::new(0),
-            reader: Some(reader),
-        })
+        Self::connector(url, auth).local(local).timeout(timeout).connect().await
     }
 
     /// The Socket.IO session id assigned by the server (from `40{"sid":...}`).
@@ -460,6 +387,208 @@ impl Drop for Client {
             reader.abort();
         }
     }
+}
+
+/// How to open a connection; made by [`Client::connector`].
+pub struct Connector {
+    url: String,
+    auth: Value,
+    local: Option<IpAddr>,
+    timeout: Duration,
+    on_event: Option<EventHook>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.url)
+            .field("local", &self.local)
+            .field("timeout", &self.timeout)
+            .field("on_event", &self.on_event.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// Binds the TCP connection to `(local, 0)` before it connects, so the kernel picks the
+    /// source port on that address.
+    ///
+    /// A load generator opening more connections than one source address has ephemeral ports
+    /// (about 28k on Linux) spreads them over several, e.g. `127.0.0.2`, `127.0.0.3`, … on
+    /// loopback. The server address is resolved from the URL and must be of the same family
+    /// (IPv4 or IPv6) as `local`.
+    pub fn local(mut self, local: IpAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// Time allowed for the whole handshake (address resolution + TCP + websocket + Engine.IO
+    /// open + Socket.IO CONNECT); [`DEFAULT_CONNECT_TIMEOUT`] unless set.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Hands every server→client event received after the CONNECT to `hook`, called by the
+    /// reader the moment the frame is parsed, instead of queueing it: the client's
+    /// [`Client::next_event`] then never yields an event. A load generator uses it to time
+    /// arrivals without a queue and a task of its own per connection. The hook runs inside
+    /// the reader, so it must not block.
+    pub fn on_event(mut self, hook: impl FnMut(String, Value) + Send + 'static) -> Self {
+        self.on_event = Some(Box::new(hook));
+        self
+    }
+
+    /// Connects, with the reader spawned as a task of its own.
+    ///
+    /// Returns [`Error::ConnectRefused`] with the server's message if the namespace CONNECT
+    /// is refused (`44`).
+    pub async fn connect(self) -> Result<Client, Error> {
+        let (mut client, driver) = self.connect_driven().await?;
+        client.reader = Some(tokio::spawn(driver));
+        Ok(client)
+    }
+
+    /// Connects, and returns the reader as a [`Driver`] for the caller to poll instead of
+    /// spawning it: one task can then drive many connections. Until the driver is polled
+    /// nothing is read, so acks are not resolved, events not delivered and Engine.IO pings
+    /// not answered (the server drops the connection after its ping timeout).
+    pub async fn connect_driven(self) -> Result<(Client, Driver), Error> {
+        let url = engine_io_url(&self.url)?;
+        let handshake = async {
+            let ws = open_websocket(&url, self.local).await?;
+            handshake(ws, &self.auth, self.on_event).await
+        };
+        tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+}
+
+/// The reader of one connection from [`Connector::connect_driven`]: a future that reads
+/// frames, answers Engine.IO pings, resolves acks and delivers events, and completes when the
+/// connection ends (the server closed it, it failed, or its [`Client`] was dropped or
+/// disconnected).
+#[must_use = "nothing is read from the connection until its driver is polled"]
+pub struct Driver {
+    reader: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.reader.as_mut().poll(cx)
+    }
+}
+
+/// Opens the websocket, from `local` when given. No Nagle: an emit leaves at once, as a
+/// browser's websocket does.
+async fn open_websocket(url: &str, local: Option<IpAddr>) -> Result<Ws, Error> {
+    let Some(local) = local else {
+        let (ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
+        return Ok(ws);
+    };
+    let remote = resolve(url, local).await?;
+    let socket = match local {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(io_error)?;
+    socket.bind(SocketAddr::new(local, 0)).map_err(io_error)?;
+    let tcp = socket.connect(remote).await.map_err(io_error)?;
+    tcp.set_nodelay(true).map_err(io_error)?;
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), Some(ws_config())).await?;
+    Ok(ws)
+}
+
+/// Engine.IO open, then Socket.IO CONNECT, over an open websocket.
+async fn handshake(ws: Ws, auth: &Value, on_event: Option<EventHook>) -> Result<(Client, Driver), Error> {
+    let (sink, mut stream) = ws.split();
+
+    // Engine.IO: the first packet must be the open packet.
+    let open = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => match packet::parse_eio(&text) {
+                Ok(EioPacket::Open(payload)) => {
+                    break packet::parse_open(payload).map_err(Error::Protocol)?;
+                }
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "expected Engine.IO open packet, got {:?}",
+                        text.as_str()
+                    )));
+                }
+            },
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(Error::Disconnected(DisconnectReason::TransportClosed));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    };
+
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::default());
+    let mut dispatcher = Dispatcher {
+        sink: Arc::new(AsyncMutex::new(sink)),
+        events: events_tx,
+        on_event,
+        shared: Arc::clone(&shared),
+    };
+
+    // Socket.IO: CONNECT to the default namespace and wait for the verdict.
+    dispatcher.send(packet::encode_connect(auth)).await?;
+    let sid = loop {
+        let msg = match stream.next().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Error::Disconnected(DisconnectReason::TransportClosed)),
+        };
+        match dispatcher.handle(msg).await {
+            Step::Continue => {}
+            Step::Connected(sid) => break sid,
+            Step::Refused(message) => return Err(Error::ConnectRefused(message)),
+            Step::Stop(DisconnectReason::ProtocolViolation(e)) => {
+                return Err(Error::Protocol(e));
+            }
+            Step::Stop(reason) => return Err(Error::Disconnected(reason)),
+        }
+    };
+
+    let sink = Arc::clone(&dispatcher.sink);
+    let idle_limit = open.ping_interval + open.ping_timeout;
+    let (alive, dropped) = oneshot::channel();
+    let reader = async move {
+        // Whichever ends first: the connection, or the client (dropping the stream and the
+        // sink closes the TCP connection).
+        tokio::select! {
+            () = read_loop(stream, dispatcher, idle_limit) => {}
+            _ = dropped => {}
+        }
+    };
+    let client = Client {
+        sid,
+        sink,
+        events,
+        shared,
+        next_ack_id: AtomicU64::new(0),
+        reader: None,
+        _alive: alive,
+    };
+    Ok((
+        client,
+        Driver {
+            reader: Box::pin(reader),
+        },
+    ))
 }
 
 /// Builds the Engine.IO websocket URL from `http://host[:port]`.
@@ -602,16 +731,20 @@ enum Step {
 /// Handles incoming frames; owned by the reader task after the handshake.
 struct Dispatcher {
     sink: WsSink,
+    /// The client's event queue; closed when the reader ends, even with a hook.
     events: mpsc::UnboundedSender<Event>,
+    on_event: Option<EventHook>,
     shared: Arc<Shared>,
 }
 
 impl Dispatcher {
-    async fn send(&self, text: String) -> Result<(), tungstenite::Error> {
-        self.sink.lock().await.send(Message::text(text)).await
+    /// Sends one text frame. Borrows only the sink, so the hook need not be `Sync`.
+    fn send(&self, text: String) -> impl Future<Output = Result<(), tungstenite::Error>> + Send + 'static {
+        let sink = Arc::clone(&self.sink);
+        async move { sink.lock().await.send(Message::text(text)).await }
     }
 
-    async fn handle(&self, msg: Message) -> Step {
+    async fn handle(&mut self, msg: Message) -> Step {
         match msg {
             Message::Text(text) => self.handle_text(&text).await,
             Message::Close(_) => Step::Stop(DisconnectReason::TransportClosed),
@@ -621,7 +754,7 @@ impl Dispatcher {
         }
     }
 
-    async fn handle_text(&self, text: &str) -> Step {
+    async fn handle_text(&mut self, text: &str) -> Step {
         match packet::parse_eio(text) {
             Ok(EioPacket::Ping(payload)) => match self.send(format!("3{payload}")).await {
                 Ok(()) => Step::Continue,
@@ -634,7 +767,7 @@ impl Dispatcher {
         }
     }
 
-    fn handle_sio(&self, text: &str) -> Step {
+    fn handle_sio(&mut self, text: &str) -> Step {
         let packet = match packet::parse_sio(text) {
             Ok(packet) => packet,
             Err(e) => return Step::Stop(DisconnectReason::ProtocolViolation(e)),
@@ -653,8 +786,11 @@ impl Dispatcher {
             SioKind::Event => match packet::event_parts(packet.data) {
                 Ok((name, args)) => {
                     let data = args.into_iter().next().unwrap_or(Value::Null);
-                    // A send error only means the Client was dropped.
-                    let _ = self.events.send((name, data));
+                    match &mut self.on_event {
+                        Some(hook) => hook(name, data),
+                        // A send error only means the Client was dropped.
+                        None => drop(self.events.send((name, data))),
+                    }
                     Step::Continue
                 }
                 Err(e) => violation(e),
@@ -680,7 +816,7 @@ fn transport_reason(e: tungstenite::Error) -> DisconnectReason {
 }
 
 /// The reader task: dispatches frames until the connection ends, then records why.
-async fn read_loop(mut stream: WsStream, dispatcher: Dispatcher, idle_limit: Duration) {
+async fn read_loop(mut stream: WsStream, mut dispatcher: Dispatcher, idle_limit: Duration) {
     let reason = loop {
         let msg = match tokio::time::timeout(idle_limit, stream.next()).await {
             Err(_) => break DisconnectReason::PingTimeout,
@@ -694,7 +830,9 @@ async fn read_loop(mut stream: WsStream, dispatcher: Dispatcher, idle_limit: Dur
             Step::Stop(reason) => break reason,
         }
     };
-    let Dispatcher { sink, events, shared } = dispatcher;
+    let Dispatcher {
+        sink, events, shared, ..
+    } = dispatcher;
     shared.close(reason);
     // Closes the event queue: `next_event` drains it, then reports the disconnect.
     drop(events);

@@ -279,3 +279,94 @@ async fn clients_from_several_source_addresses() {
         other => panic!("expected ConnectRefused, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn one_task_drives_the_readers_of_many_connections() {
+    use futures::StreamExt;
+    use futures::stream::FuturesUnordered;
+    use parley_sio_client::Driver;
+
+    let server = start_server().await;
+    // One task drives every connection it is handed, until all have ended.
+    let (adopt, mut incoming) = mpsc::unbounded_channel::<Driver>();
+    let fleet = tokio::spawn(async move {
+        let mut drivers = FuturesUnordered::new();
+        let mut ended = 0;
+        loop {
+            tokio::select! {
+                Some(driver) = incoming.recv() => drivers.push(driver),
+                Some(()) = drivers.next() => ended += 1,
+                else => return ended,
+            }
+        }
+    });
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (client, driver) = Client::connector(&server.url, json!({ "token": "good" }))
+            .connect_driven()
+            .await
+            .unwrap();
+        adopt.send(driver).unwrap();
+        clients.push(client);
+    }
+    // Nothing reads a connection until its driver is polled: this one's ack cannot arrive.
+    let (unread, _unpolled) = Client::connector(&server.url, json!({ "token": "good" }))
+        .connect_driven()
+        .await
+        .unwrap();
+    assert!(matches!(
+        unread
+            .emit_with_ack("echo", json!("early"), Duration::from_millis(200))
+            .await,
+        Err(Error::Timeout)
+    ));
+    // Several heartbeat periods: the one task answers every connection's pings.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert!(client.is_connected(), "{:?}", client.disconnect_reason());
+        assert_eq!(client.next_event(T).await.unwrap().0, "welcome");
+        assert_eq!(client.emit_with_ack("echo", json!(i), T).await.unwrap(), json!(i));
+    }
+    // Dropping the clients ends their drivers, so the task completes.
+    drop((clients, adopt));
+    assert_eq!(tokio::time::timeout(T, fleet).await.unwrap().unwrap(), 20);
+}
+
+#[tokio::test]
+async fn an_event_hook_sees_every_event_in_order_and_the_queue_stays_empty() {
+    let server = start_server().await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let mut client = Client::connector(&server.url, json!({ "token": "good" }))
+        .on_event(move |name, data| drop(seen_tx.send((name, data))))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.emit_with_ack("burst", json!(50), T).await.unwrap(),
+        json!("done")
+    );
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        ("welcome".to_owned(), json!({ "token": "good" }))
+    );
+    for i in 0..50 {
+        assert_eq!(seen.recv().await.unwrap(), ("tick".to_owned(), json!(i)));
+    }
+    assert!(matches!(
+        client.next_event(Duration::from_millis(100)).await,
+        Err(Error::Timeout)
+    ));
+}
+
+#[tokio::test]
+async fn dropping_a_driven_client_closes_its_connection() {
+    let mut server = start_server().await;
+    let (client, driver) = Client::connector(&server.url, json!({ "token": "good" }))
+        .connect_driven()
+        .await
+        .unwrap();
+    let driver = tokio::spawn(driver);
+    drop(client);
+    tokio::time::timeout(T, driver).await.unwrap().unwrap();
+    assert!(server.disconnects.recv().await.is_some());
+}

@@ -7,8 +7,8 @@
 //! [`IN_FLIGHT`] handshakes at a time), wait until every one is connected, settle, check that
 //! none dropped (and, for the gateway, that it counts them all), read the RSS again. Per socket
 //! = (after − before) / sockets. In full mode the gateway and Node keep their first 10k sockets
-//! and take 40k more for the 50k point. The clients answer Engine.IO pings in their reader tasks,
-//! so nothing times out while idle.
+//! and take 40k more for the 50k point. The clients' readers answer Engine.IO pings, so nothing
+//! times out while idle; they run in the [`Fleet`]'s few tasks, not in a task per socket.
 //!
 //! One source address has about 28k ephemeral ports, so connections are spread over
 //! `127.0.0.2`, `127.0.0.3`, … ([`PER_SOURCE`] each), the Node round on other addresses than the
@@ -30,6 +30,7 @@ use parley_test_support::{TEST_JWT_SECRET, token_for};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::fleet::Fleet;
 use crate::stack::{self, Infra, Process};
 use crate::{Context, Figure};
 
@@ -191,6 +192,7 @@ impl Point {
 async fn hold(server: &Server<'_>, sizes: &[usize], tokens: &[String], round: usize) -> anyhow::Result<Vec<Point>> {
     let pid = server.process.child.id();
     let url = format!("http://{}", server.addr);
+    let fleet = Fleet::new();
     if server.metrics {
         // The gateway installs its metrics recorder on the first scrape; counts before are lost.
         connected_sockets(server.addr).await.ok();
@@ -203,7 +205,7 @@ async fn hold(server: &Server<'_>, sizes: &[usize], tokens: &[String], round: us
         let from = clients.len();
         let started = Instant::now();
         let mut connects = futures::stream::iter(from..size)
-            .map(|i| connect(&url, &tokens[i], source(round, i)))
+            .map(|i| connect(&fleet, &url, &tokens[i], source(round, i)))
             .buffer_unordered(IN_FLIGHT);
         while let Some(client) = connects.next().await {
             clients.push(
@@ -248,10 +250,13 @@ async fn hold(server: &Server<'_>, sizes: &[usize], tokens: &[String], round: us
 }
 
 /// One authenticated socket, retried a few times (a slow handshake under load is not a finding).
-async fn connect(url: &str, token: &str, local: IpAddr) -> anyhow::Result<Client> {
+async fn connect(fleet: &Fleet, url: &str, token: &str, local: IpAddr) -> anyhow::Result<Client> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match Client::connect_from_with_timeout(url, json!({ "token": token }), local, CONNECT_TIMEOUT).await {
+        let connector = Client::connector(url, json!({ "token": token }))
+            .local(local)
+            .timeout(CONNECT_TIMEOUT);
+        match fleet.connect(connector).await {
             Ok(client) => return Ok(client),
             Err(error) => last = Some(error),
         }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::figure::percentile;
+use crate::fleet::Fleet;
 use crate::persistence::{body, create_conversations, drop_databases, metric, publish_all, scrape, stream_messages};
 use crate::stack::{self, Infra};
 use crate::{Context, Figure};
@@ -89,10 +90,13 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let (gateway, addr) = infra.gateway(context)?;
     stack::ready(addr).await?;
     let url = format!("http://{addr}");
+    let fleet = Fleet::new();
     let clients = futures::future::try_join_all(fixtures.iter().map(|fixture| {
         let token = token_for(fixture.client(), TEST_JWT_SECRET);
-        let url = url.clone();
-        async move { Client::connect(&url, json!({ "token": token })).await.map(Arc::new) }
+        // The sender's own `message:new` events are not part of ingest.
+        let connector = Client::connector(&url, json!({ "token": token })).on_event(|_, _| {});
+        let fleet = &fleet;
+        async move { fleet.connect(connector).await.map(Arc::new) }
     }))
     .await
     .context("connecting the Socket.IO clients")?;

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use parley_test_support::sio::Client;
 use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, token_for};
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::figure::percentile;
+use crate::fleet::Fleet;
 use crate::stack::{Infra, ready};
 use crate::{Context, Figure};
 
@@ -26,6 +29,54 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct Clock {
     sent: HashMap<String, Instant>,
     acked: HashMap<String, Instant>,
+    /// (body, milliseconds from send to ack): the gateway's share of the latency.
+    ack_ms: Vec<(String, f64)>,
+}
+
+/// What the recipients saw, recorded by their readers the moment each `message:new` is parsed.
+#[derive(Default)]
+struct Arrivals {
+    /// Deliveries per body: more than one is a duplicate.
+    received: HashMap<String, usize>,
+    /// (body, milliseconds from its send) in arrival order.
+    latencies: Vec<(String, f64)>,
+    /// The first out-of-order delivery on a recipient socket, if any.
+    disorder: Option<String>,
+}
+
+/// [`Arrivals`] and a wake-up for whoever waits on them.
+#[derive(Default)]
+struct Recorder {
+    arrivals: Mutex<Arrivals>,
+    changed: Notify,
+}
+
+impl Recorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arrivals> {
+        self.arrivals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `count` messages whose body starts with `prefix` have arrived, failing on a
+    /// disorder or after [`TIMEOUT`] without progress.
+    async fn wait_for(&self, prefix: &str, count: usize) -> anyhow::Result<()> {
+        loop {
+            let changed = self.changed.notified();
+            let arrived = {
+                let arrivals = self.lock();
+                if let Some(disorder) = &arrivals.disorder {
+                    anyhow::bail!("out of order on a recipient socket: {disorder}");
+                }
+                arrivals.latencies.iter().filter(|(b, _)| b.starts_with(prefix)).count()
+            };
+            if arrived >= count {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::timeout(TIMEOUT, changed).await.is_ok(),
+                "{prefix}: {arrived} of {count} messages reached their recipient"
+            );
+        }
+    }
 }
 
 type Shared<T> = Arc<Mutex<T>>;
@@ -34,97 +85,114 @@ fn lock<T>(shared: &Shared<T>) -> std::sync::MutexGuard<'_, T> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The latencies of the messages whose body starts with `prefix`.
+fn with_prefix<'a>(timed: impl IntoIterator<Item = &'a (String, f64)>, prefix: &str) -> Vec<f64> {
+    timed
+        .into_iter()
+        .filter(|(body, _)| body.starts_with(prefix))
+        .map(|(_, ms)| *ms)
+        .collect()
+}
+
 /// Latencies in milliseconds, sorted.
 fn summary(mut ms: Vec<f64>) -> serde_json::Value {
     ms.sort_by(f64::total_cmp);
     json!({ "count": ms.len(), "p50": percentile(&ms, 50.0), "p99": percentile(&ms, 99.0), "p999": percentile(&ms, 99.9), "max": ms.last() })
 }
 
+/// The event hook of one recipient socket: times each `message:new` on arrival and checks that
+/// its sequence only grows on this socket.
+fn recipient_hook(clock: Shared<Clock>, recorder: Arc<Recorder>) -> impl FnMut(String, serde_json::Value) + Send {
+    let mut last_seq = 0;
+    move |name, data| {
+        if name != "message:new" {
+            return;
+        }
+        let now = Instant::now();
+        let seq = data["seq"].as_i64().unwrap_or(0);
+        let body = data["body"].as_str().unwrap_or_default().to_owned();
+        let sent = lock(&clock).sent.get(&body).copied();
+        let mut arrivals = recorder.lock();
+        if seq <= last_seq && arrivals.disorder.is_none() {
+            arrivals.disorder = Some(format!("seq {seq} after {last_seq} ({body})"));
+        }
+        last_seq = seq;
+        *arrivals.received.entry(body.clone()).or_default() += 1;
+        if let Some(sent) = sent {
+            arrivals
+                .latencies
+                .push((body, now.saturating_duration_since(sent).as_secs_f64() * 1000.0));
+        }
+        drop(arrivals);
+        recorder.changed.notify_waiters();
+    }
+}
+
 struct Pair {
-    sender: Arc<Client>,
+    sender: Client,
     conversation: uuid::Uuid,
 }
 
-/// Sends `total` messages at `rate` per second, round-robin over the pairs; each send is timed.
-async fn drive(
-    pairs: &[Pair],
-    rate: f64,
-    total: usize,
-    label: &str,
-    clock: &Shared<Clock>,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    let tick = Duration::from_millis(10);
-    let per_tick = (rate * tick.as_secs_f64()).max(1.0);
+/// Sends `body` from `pair`, timing it from the send to the ack.
+async fn send(pair: &Pair, body: String, clock: &Shared<Clock>) -> anyhow::Result<()> {
+    let sent = Instant::now();
+    lock(clock).sent.insert(body.clone(), sent);
+    let ack = pair
+        .sender
+        .emit_with_ack(
+            "message:send",
+            json!({ "conversationId": pair.conversation, "body": body }),
+            TIMEOUT,
+        )
+        .await?;
+    anyhow::ensure!(ack["ok"] == true, "send refused: {ack}");
+    let acked = Instant::now();
+    let mut clock = lock(clock);
+    clock.ack_ms.push((body.clone(), (acked - sent).as_secs_f64() * 1000.0));
+    clock.acked.insert(body, acked);
+    Ok(())
+}
+
+/// Sends `total` messages at `rate` per second, evenly paced each millisecond, round-robin over
+/// the pairs; every send in flight is a future of this one task.
+async fn drive(pairs: &[Pair], rate: f64, total: usize, label: &str, clock: &Shared<Clock>) -> anyhow::Result<()> {
+    let tick = Duration::from_millis(1);
+    let per_tick = rate * tick.as_secs_f64();
     let mut owed = 0.0;
     let mut sent = 0;
     let mut interval = tokio::time::interval(tick);
-    while sent < total {
-        interval.tick().await;
-        owed += per_tick;
-        while owed >= 1.0 && sent < total {
-            owed -= 1.0;
-            let pair = &pairs[sent % pairs.len()];
-            let body = format!("{label}-{sent}");
-            let (sender, conversation, clock) = (pair.sender.clone(), pair.conversation, clock.clone());
-            tasks.spawn(async move {
-                lock(&clock).sent.insert(body.clone(), Instant::now());
-                let ack = sender
-                    .emit_with_ack(
-                        "message:send",
-                        json!({ "conversationId": conversation, "body": body }),
-                        TIMEOUT,
-                    )
-                    .await?;
-                anyhow::ensure!(ack["ok"] == true, "send refused: {ack}");
-                lock(&clock).acked.insert(body, Instant::now());
-                Ok(())
-            });
-            sent += 1;
-        }
-        while let Some(done) = tasks.try_join_next() {
-            done??;
+    let mut in_flight = FuturesUnordered::new();
+    while sent < total || !in_flight.is_empty() {
+        tokio::select! {
+            _ = interval.tick(), if sent < total => {
+                owed += per_tick;
+                while owed >= 1.0 && sent < total {
+                    owed -= 1.0;
+                    in_flight.push(send(&pairs[sent % pairs.len()], format!("{label}-{sent}"), clock));
+                    sent += 1;
+                }
+            }
+            Some(done) = in_flight.next() => done?,
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(started.elapsed())
+    Ok(())
 }
 
-/// The sustainable rate: as fast as the pairs can send with a few sends in flight each.
-async fn sustainable_rate(pairs: &[Pair], seconds: f64, clock: &Shared<Clock>) -> anyhow::Result<f64> {
+/// The sustainable rate: as fast as every pair can send, one send in flight each, so the
+/// traffic has the shape of the steps'. Returns the rate and the messages sent.
+async fn sustainable_rate(pairs: &[Pair], seconds: f64, clock: &Shared<Clock>) -> anyhow::Result<(f64, usize)> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut tasks = JoinSet::new();
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for (lane, pair) in pairs.iter().enumerate().take(64) {
-        let (sender, conversation, counter, clock) =
-            (pair.sender.clone(), pair.conversation, counter.clone(), clock.clone());
-        tasks.spawn(async move {
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let body = format!("probe-{lane}-{i}");
-                lock(&clock).sent.insert(body.clone(), Instant::now());
-                let ack = sender
-                    .emit_with_ack(
-                        "message:send",
-                        json!({ "conversationId": conversation, "body": body }),
-                        TIMEOUT,
-                    )
-                    .await?;
-                anyhow::ensure!(ack["ok"] == true, "send refused: {ack}");
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                i += 1;
-            }
-            Ok(())
-        });
-    }
     let started = Instant::now();
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(counter.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let lanes = pairs.iter().enumerate().map(|(lane, pair)| async move {
+        let mut sent = 0usize;
+        while Instant::now() < deadline {
+            send(pair, format!("probe-{lane}-{sent}"), clock).await?;
+            sent += 1;
+        }
+        Ok::<_, anyhow::Error>(sent)
+    });
+    let sent: usize = futures::future::try_join_all(lanes).await?.into_iter().sum();
+    Ok((sent as f64 / started.elapsed().as_secs_f64(), sent))
 }
 
 /// The raw baseline: JetStream publish → ordered consumer, at `rate` for `total` messages.
@@ -164,8 +232,8 @@ async fn raw_round_trip(infra: &Infra, rate: f64, total: usize) -> anyhow::Resul
             Ok::<_, anyhow::Error>(latencies)
         })
     };
-    let tick = Duration::from_millis(10);
-    let per_tick = (rate * tick.as_secs_f64()).max(1.0);
+    let tick = Duration::from_millis(1);
+    let per_tick = rate * tick.as_secs_f64();
     let mut owed = 0.0;
     let mut n = 0u64;
     let mut interval = tokio::time::interval(tick);
@@ -220,7 +288,10 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         })
     };
 
-    // The pairs: a sender socket and a recipient socket per conversation.
+    // The pairs: a sender socket and a recipient socket per conversation, all driven by the
+    // fleet's few tasks; each recipient's reader times its arrivals itself.
+    let fleet = Fleet::new();
+    let recorder: Arc<Recorder> = Arc::default();
     let mut pairs = Vec::with_capacity(pairs_wanted);
     let mut recipients = Vec::with_capacity(pairs_wanted);
     let mut projects = Vec::with_capacity(pairs_wanted);
@@ -231,85 +302,53 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     }
     for project in &projects {
         conversation_exists(&infra.db, project).await;
-        let sender = Client::connect(&url, json!({ "token": token_for(project.client(), TEST_JWT_SECRET) })).await?;
-        let recipient =
-            Client::connect(&url, json!({ "token": token_for(project.provider(), TEST_JWT_SECRET) })).await?;
+        let token = |user| json!({ "token": token_for(user, TEST_JWT_SECRET) });
+        // A sender's own `message:new` (to every device of its user) is not what is timed.
+        let sender = Client::connector(&url, token(project.client())).on_event(|_, _| {});
+        let sender = fleet.connect(sender).await?;
+        let recipient = Client::connector(&url, token(project.provider()))
+            .on_event(recipient_hook(clock.clone(), recorder.clone()));
+        recipients.push(fleet.connect(recipient).await?);
         pairs.push(Pair {
-            sender: Arc::new(sender),
+            sender,
             conversation: project.conversation_id(),
-        });
-        recipients.push(recipient);
-    }
-    // Each recipient records arrival latencies and checks order and uniqueness.
-    let received: Shared<HashMap<String, usize>> = Arc::default();
-    let latencies: Shared<Vec<(String, f64)>> = Arc::default();
-    let mut readers = JoinSet::new();
-    for mut recipient in recipients {
-        let (clock, received, latencies) = (clock.clone(), received.clone(), latencies.clone());
-        readers.spawn(async move {
-            let mut last_seq = 0;
-            loop {
-                let Ok((name, data)) = recipient.next_event(Duration::from_secs(3600)).await else {
-                    return Ok(());
-                };
-                if name != "message:new" {
-                    continue;
-                }
-                let now = Instant::now();
-                let seq = data["seq"].as_i64().unwrap_or(0);
-                anyhow::ensure!(
-                    seq > last_seq,
-                    "out of order on a recipient socket: {seq} after {last_seq}"
-                );
-                last_seq = seq;
-                let body = data["body"].as_str().unwrap_or_default().to_owned();
-                *lock(&received).entry(body.clone()).or_default() += 1;
-                if let Some(sent) = lock(&clock).sent.get(&body) {
-                    lock(&latencies).push((body, now.saturating_duration_since(*sent).as_secs_f64() * 1000.0));
-                }
-            }
         });
     }
 
-    let rate = sustainable_rate(&pairs, context.size(3.0, 10.0), &clock).await?;
+    let (rate, probes) = sustainable_rate(&pairs, context.size(3.0, 10.0), &clock).await?;
     eprintln!("   sustainable rate ≈ {rate:.0} sends/s with {} pairs", pairs.len());
+    // The probe's last messages may still be on their way; the steps start from a quiet stack.
+    recorder.wait_for("probe-", probes).await?;
     let mut steps = serde_json::Map::new();
     let mut at_half = json!(null);
     let mut total_sent = 0usize;
     for (label, share) in [("10pct", 0.1), ("50pct", 0.5), ("80pct", 0.8)] {
         let step_rate = rate * share;
         let total = ((step_rate * seconds_per_step) as usize).max(100);
-        lock(&latencies).clear();
         drive(&pairs, step_rate, total, label, &clock).await?;
         // Every message of the step must reach its recipient exactly once.
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let arrived = lock(&latencies).iter().filter(|(b, _)| b.starts_with(label)).count();
-            if arrived >= total {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{label}: {arrived} of {total} messages reached their recipient"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        recorder.wait_for(label, total).await?;
         total_sent += total;
-        let step: Vec<f64> = lock(&latencies)
-            .iter()
-            .filter(|(b, _)| b.starts_with(label))
-            .map(|(_, ms)| *ms)
-            .collect();
-        let stats = summary(step);
+        let stats = summary(with_prefix(&recorder.lock().latencies, label));
+        let acks = summary(with_prefix(&lock(&clock).ack_ms, label));
         if label == "50pct" {
             at_half = stats.clone();
         }
         steps.insert(
             label.into(),
-            json!({ "rate": step_rate, "messages": total, "latencyMs": stats }),
+            json!({ "rate": step_rate, "messages": total, "latencyMs": stats, "sendToAckMs": acks }),
         );
     }
-    let duplicates = lock(&received).values().filter(|n| **n > 1).count();
+    let (duplicates, disorder) = {
+        let arrivals = recorder.lock();
+        (
+            arrivals.received.values().filter(|n| **n > 1).count(),
+            arrivals.disorder.clone(),
+        )
+    };
+    if let Some(disorder) = disorder {
+        anyhow::bail!("out of order on a recipient socket: {disorder}");
+    }
     anyhow::ensure!(
         duplicates == 0,
         "{duplicates} messages reached a recipient more than once"
@@ -344,6 +383,5 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "reported",
         json!({ "lagMs": lag }),
     ));
-    readers.abort_all();
     Ok(figures)
 }

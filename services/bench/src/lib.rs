@@ -4,6 +4,7 @@
 //! that misses its goal is reported, never a failure.
 
 pub mod figure;
+pub mod fleet;
 pub mod idle;
 pub mod ingest;
 pub mod latency;
