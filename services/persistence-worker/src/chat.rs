@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::{RETRY_DELAY, dead_letter};
+use crate::{MAX_EARLY_ATTEMPTS, RETRY_DELAY, dead_letter};
 
 pub(crate) async fn run(
     consumer: PullConsumer,
@@ -289,13 +289,24 @@ async fn process_batch(
     let mut dead: Vec<(usize, String)> = Vec::new();
     // A conversation with no participants found is not created yet: its `project.started` may
     // still be on its way (both backlogs drain at once after an outage). Its events come back
-    // later instead of being buried.
+    // later, and are buried only once the start has had time to come.
     let known: HashSet<Uuid> = members.iter().map(|(conversation, _)| *conversation).collect();
     let mut not_yet: Vec<usize> = Vec::new();
+    let mut wait_or_bury = |index: usize, dead: &mut Vec<(usize, String)>| {
+        let attempts = batch[index].info().map(|i| i.delivered).unwrap_or(i64::MAX);
+        if attempts >= MAX_EARLY_ATTEMPTS {
+            dead.push((
+                index,
+                "the conversation does not exist (its project never started)".into(),
+            ));
+        } else {
+            not_yet.push(index);
+        }
+    };
     for (index, item) in classified.into_iter().enumerate() {
         match item {
-            Classified::Message(row) if !known.contains(&row.conversation_id) => not_yet.push(index),
-            Classified::Read(row) if !known.contains(&row.conversation_id) => not_yet.push(index),
+            Classified::Message(row) if !known.contains(&row.conversation_id) => wait_or_bury(index, &mut dead),
+            Classified::Read(row) if !known.contains(&row.conversation_id) => wait_or_bury(index, &mut dead),
             Classified::Message(row) if members.contains(&(row.conversation_id, row.sender_id)) => {
                 // A redelivery inside one batch carries the same id: keep one.
                 message_count += 1;

@@ -20,6 +20,11 @@ use tracing::info;
 /// How long a transient failure (Postgres down) waits before the message comes back.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// An event that needs its project's start (a message, a read mark or a close arriving first,
+/// as when both backlogs drain at once after an outage) is retried [`RETRY_DELAY`] apart this
+/// many deliveries, then buried: a start that has not come by then never will.
+pub(crate) const MAX_EARLY_ATTEMPTS: i64 = 20;
+
 /// The worker's configuration, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -8,10 +8,7 @@ use parley_store::{ClosedOutcome, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{RETRY_DELAY, dead_letter};
-
-/// A close for a project whose start has not been seen is retried this many times, then buried.
-const MAX_CLOSE_ATTEMPTS: i64 = 20;
+use crate::{MAX_EARLY_ATTEMPTS, RETRY_DELAY, dead_letter};
 
 enum Outcome {
     Done,
@@ -89,7 +86,7 @@ async fn apply(store: &Store, message: &jetstream::Message) -> Outcome {
                 }
                 Ok(ClosedOutcome::UnknownProject) => {
                     let attempts = message.info().map(|i| i.delivered).unwrap_or(i64::MAX);
-                    if attempts >= MAX_CLOSE_ATTEMPTS {
+                    if attempts >= MAX_EARLY_ATTEMPTS {
                         Outcome::Dead("project.closed for a project that never started".into())
                     } else {
                         Outcome::Retry

@@ -272,6 +272,71 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
     shutdown.cancel();
 }
 
+#[tokio::test]
+async fn a_message_that_arrives_before_its_project_starts_is_stored_once_the_project_starts() {
+    let env = env().await;
+    let shutdown = spawn_worker(&env);
+    let project = ProjectFixture::new("Early bird");
+    let early = project.message(project.client(), "sent before the start event was applied");
+    publish_message(&env.js, &early).await;
+    // The worker has had the message in hand, with no conversation to put it in.
+    eventually("the worker to hold the early message", PATIENCE, || async {
+        let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
+        (info.delivered.stream_sequence >= 1).then_some(())
+    })
+    .await;
+
+    project.publish_started(&env.js).await;
+    let store = env.db.store();
+    eventually("the early message stored", PATIENCE, || async {
+        store
+            .message(project.conversation_id(), early.id)
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+    })
+    .await;
+    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
+    assert_eq!(
+        dead.cached_info().state.messages,
+        0,
+        "nothing is dead-lettered for waiting on its conversation"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_message_for_a_conversation_that_never_starts_is_dead_lettered_after_its_retries() {
+    let env = env().await;
+    let shutdown = spawn_worker(&env);
+    let project = ProjectFixture::new("Never started");
+    let orphan = project.message(project.client(), "nobody will ever store this");
+    publish_message(&env.js, &orphan).await;
+
+    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
+    let consumer = dead
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut letters = consumer.messages().await.unwrap();
+    // About twenty retries a second apart.
+    let letter = tokio::time::timeout(PATIENCE, letters.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let letter: parley_events::DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+    assert!(letter.reason.contains("never started"), "{}", letter.reason);
+    // Buried, then settled: it is no longer retried.
+    eventually("the buried message to be settled", PATIENCE, || async {
+        let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+}
+
 fn spawn_worker_process(env: &Env) -> Child {
     Command::new(env!("CARGO_BIN_EXE_parley-persistence-worker"))
         .env("NATS_URL", env.nats.url())
