@@ -41,7 +41,7 @@ pub(crate) const BODY_CHARS: usize = 100;
 /// Publishes awaiting their ack while pre-filling.
 const PREFILL_IN_FLIGHT: usize = 4096;
 /// The worker's `PARLEY_BATCH_SIZE` default, which this part runs it with.
-const WORKER_BATCH_SIZE: usize = 2000;
+const WORKER_BATCH_SIZE: usize = 5000;
 /// The naive worker's durable consumer on `PARLEY_CHAT`.
 const NAIVE_CONSUMER: &str = "bench-naive-persistence";
 /// How often the real worker's progress is polled.

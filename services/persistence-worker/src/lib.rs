@@ -32,7 +32,7 @@ pub struct Config {
     pub nats_url: String,
     /// `DATABASE_URL`
     pub database_url: String,
-    /// `PARLEY_BATCH_SIZE`: most messages written in one transaction (default 2000).
+    /// `PARLEY_BATCH_SIZE`: most messages written in one transaction (default 5000).
     pub batch_size: usize,
     /// `PARLEY_STREAM_REPLICAS`: replicas of the streams this worker creates (default 1).
     pub stream_replicas: usize,
@@ -42,7 +42,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let batch_size = config::parsed("PARLEY_BATCH_SIZE", 2000usize)?;
+        let batch_size = config::parsed("PARLEY_BATCH_SIZE", 5000usize)?;
         if !(1..=10_000).contains(&batch_size) {
             return Err(ConfigError {
                 variable: "PARLEY_BATCH_SIZE",
