@@ -21,6 +21,7 @@ pub mod socket;
 pub mod typing;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -50,14 +51,27 @@ const SOCKET_BUFFER_PACKETS: usize = 4096;
 /// How long shutdown waits for in-flight writes.
 const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares. socketioxide and axum clone the state for every event and request,
+/// so it is one `Arc`: cloning the services themselves (the token validation settings, the NATS
+/// clients, …) cost a dozen allocations per event, by profile.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub auth: Authenticator,
     pub messaging: Messaging,
     pub typing: TypingPublisher,
     pub presence: Presence,
     pub nats: async_nats::Client,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// Gives a request its own copy of the URI and headers. engineioxide keeps every socket's upgrade
@@ -117,7 +131,7 @@ impl Application {
         // Learn closes before serving anyone, so no send slips into a conversation closing now.
         let membership = Membership::default();
         let closes = membership.follow_closes(nats.clone(), background_stop.clone()).await?;
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             auth: Authenticator::new(&config.jwt_secret),
             messaging: Messaging {
                 store,
@@ -129,7 +143,7 @@ impl Application {
             typing: TypingPublisher::new(nats.clone()),
             presence,
             nats,
-        };
+        }));
         let (layer, io) = SocketIo::builder()
             .with_state(state.clone())
             .max_payload(MAX_PACKET_BYTES as u64)
