@@ -107,7 +107,7 @@ impl Writer {
     async fn run(self, mut changed: mpsc::UnboundedReceiver<Uuid>, shutdown: CancellationToken) {
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
         loop {
-            tokio::select! {
+            let users: Vec<Uuid> = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 user = changed.recv() => match user {
                     Some(user) => {
@@ -116,18 +116,24 @@ impl Writer {
                         while let Ok(more) = changed.try_recv() {
                             users.insert(more);
                         }
-                        for user in users {
-                            self.write(user).await;
-                        }
+                        users.into_iter().collect()
                     }
                     None => break,
                 },
                 _ = refresh.tick() => {
-                    let users: Vec<Uuid> = self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
-                    for user in users {
-                        self.write(user).await;
-                    }
+                    self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
                 }
+            };
+            // Each write waits up to the JetStream timeout while NATS is away, and a burst can
+            // hold thousands: the shutdown must not wait for them.
+            let writes = async {
+                for user in users {
+                    self.write(user).await;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                () = writes => {}
             }
         }
         // Going away: nobody is online here any more. Bounded, so an unreachable NATS cannot hold

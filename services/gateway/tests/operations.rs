@@ -337,6 +337,32 @@ async fn scrape(addr: SocketAddr) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone_and_its_sockets_just_left() {
+    let mut bench = Bench::new().await;
+    let (mut gateway, addr) = bench.gateway("gateway-nats-gone.log");
+    ready(addr).await;
+    // Each socket's user goes online here, then offline: a presence write each.
+    let url = format!("http://{addr}");
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        let token = parley_test_support::token_for(Uuid::new_v4(), TEST_JWT_SECRET);
+        sockets.push(
+            parley_test_support::sio::Client::connect(&url, json!({ "token": token }))
+                .await
+                .unwrap(),
+        );
+    }
+    bench.nats.kill();
+    for socket in &mut sockets {
+        socket.disconnect().await;
+    }
+    // With NATS away a presence write waits for the JetStream timeout; neither the writes of the
+    // departures nor the cleanup may hold the shutdown (its bound on a stuck connection is 20 s).
+    let status = gateway.terminate(Duration::from_secs(15));
+    assert!(status.success(), "the gateway stops cleanly on SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_answer_on_every_process_and_move_with_traffic() {
     let bench = Bench::new().await;
     let (gateway, addr) = bench.gateway("gateway.log");
