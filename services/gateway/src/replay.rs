@@ -129,17 +129,13 @@ impl Cursor<'_> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay {what}: {e}"));
         // Everything from the first live message on already reached this socket.
         let upper = live_from.map_or(i64::MAX, |s| s - 1);
-        let mut stream = messaging
+        // Fetched now, so its state is current: no second round trip for the first sequence.
+        let stream = messaging
             .js
             .get_stream(parley_nats::CHAT_STREAM)
             .await
             .map_err(|e| unavailable("stream", &e))?;
-        let first_in_stream = stream
-            .info()
-            .await
-            .map_err(|e| unavailable("stream info", &e))?
-            .state
-            .first_sequence;
+        let first_in_stream = stream.cached_info().state.first_sequence;
         let first_in_stream = i64::try_from(first_in_stream).unwrap_or(i64::MAX);
         tracing::debug!(%conversation, after_seq, ?live_from, first_in_stream, "replay");
 
@@ -197,8 +193,10 @@ impl Cursor<'_> {
             .drain(consumer.messages().await.map_err(|e| unavailable("consumer", &e))?, end)
             .await;
         // Ephemeral, but never left to linger: delete it now (the server's inactivity threshold
-        // would catch a recreated one).
-        let _ = stream.delete_consumer(&name).await;
+        // would catch a recreated one), without holding the join's answer for the round trip.
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
         result
     }
 
