@@ -185,8 +185,9 @@ impl From<tungstenite::Error> for Error {
 
 /// A connected Socket.IO client on the default namespace.
 ///
-/// Dropping it aborts the reader task and closes the TCP connection without a
-/// close handshake; call [`Client::disconnect`] for a clean shutdown.
+/// Dropping it ends its reader (a spawned task, or the [`Driver`] the caller polls) and
+/// closes the TCP connection without a close handshake; call [`Client::disconnect`] for a
+/// clean shutdown.
 ///
 /// Sending methods take `&self`, so acks can be awaited concurrently
 /// (e.g. with `futures::join!`); reading events takes `&mut self`.
