@@ -57,6 +57,26 @@ async fn stored_count(db: &TestDatabase, conversation: Uuid) -> i64 {
         .unwrap()
 }
 
+/// The first `count` dead letters, waiting for each.
+async fn dead_letters(env: &Env, count: usize) -> Vec<parley_events::DeadLetter> {
+    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
+    let consumer = dead
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut letters = consumer.messages().await.unwrap();
+    let mut read = Vec::with_capacity(count);
+    for _ in 0..count {
+        let letter = tokio::time::timeout(PATIENCE, letters.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        read.push(serde_json::from_slice(&letter.payload).unwrap());
+    }
+    read
+}
+
 #[tokio::test]
 async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts() {
     let env = env().await;
@@ -251,22 +271,7 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
     .await;
     assert_eq!(stored_count(&env.db, id).await, 1, "only the valid message is stored");
 
-    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
-    let consumer = dead
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut letters = consumer.messages().await.unwrap();
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let letter = tokio::time::timeout(PATIENCE, letters.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let letter: parley_events::DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
-        reasons.push(letter.reason);
-    }
+    let reasons: Vec<String> = dead_letters(&env, 2).await.into_iter().map(|l| l.reason).collect();
     assert!(reasons.iter().any(|r| r.contains("not a participant")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("malformed")), "{reasons:?}");
     shutdown.cancel();
@@ -314,19 +319,8 @@ async fn a_message_for_a_conversation_that_never_starts_is_dead_lettered_after_i
     let orphan = project.message(project.client(), "nobody will ever store this");
     publish_message(&env.js, &orphan).await;
 
-    let dead = env.js.get_stream(parley_nats::DEADLETTER_STREAM).await.unwrap();
-    let consumer = dead
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut letters = consumer.messages().await.unwrap();
-    // About twenty retries a second apart.
-    let letter = tokio::time::timeout(PATIENCE, letters.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let letter: parley_events::DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+    // After about twenty retries a second apart.
+    let letter = dead_letters(&env, 1).await.remove(0);
     assert!(letter.reason.contains("never started"), "{}", letter.reason);
     // Buried, then settled: it is no longer retried.
     eventually("the buried message to be settled", PATIENCE, || async {
