@@ -191,13 +191,7 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
             *entry = row;
         }
     }
-    let latest: Vec<&MessageRow> = latest.into_values().collect();
-    let conversations: Vec<Uuid> = latest.iter().map(|r| r.conversation_id).collect();
-    let ids: Vec<Uuid> = latest.iter().map(|r| r.id).collect();
-    let seqs: Vec<i64> = latest.iter().map(|r| r.seq).collect();
-    let senders: Vec<Uuid> = latest.iter().map(|r| r.sender_id).collect();
-    let bodies: Vec<&str> = latest.iter().map(|r| r.body.as_str()).collect();
-    let created: Vec<DateTime<Utc>> = latest.iter().map(|r| r.created_at).collect();
+    let latest = MessageColumns::of(latest.into_values());
     sqlx::query!(
         r#"UPDATE conversations c
                   SET last_message_id = l.id,
@@ -210,12 +204,12 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
                       AS l(conversation_id, id, seq, sender_id, body, created_at)
                 WHERE c.id = l.conversation_id
                   AND (c.last_message_seq IS NULL OR c.last_message_seq < l.seq)"#,
-        &conversations,
-        &ids,
-        &seqs,
-        &senders,
-        &bodies as &[&str],
-        &created,
+        &latest.conversations,
+        &latest.ids,
+        &latest.seqs,
+        &latest.senders,
+        &latest.bodies as &[&str],
+        &latest.created,
         PREVIEW_CHARS as i32,
     )
     .execute(&mut *conn)
@@ -225,13 +219,8 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
 
 /// The same write for a batch that may hold rows already there: each conflict does nothing.
 async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let conversations: Vec<Uuid> = rows.iter().map(|r| r.conversation_id).collect();
-    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-    let senders: Vec<Uuid> = rows.iter().map(|r| r.sender_id).collect();
-    let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
+    let columns = MessageColumns::of(rows);
     let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
-    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let preview_chars = PREVIEW_CHARS as i32;
     let inserted = sqlx::query_scalar!(
             r#"WITH inserted AS (
@@ -257,18 +246,53 @@ async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRo
                    RETURNING 1
                )
                SELECT count(*) AS "inserted!" FROM inserted"#,
-            &ids,
-            &conversations,
-            &seqs,
-            &senders,
-            &bodies,
+            &columns.ids,
+            &columns.conversations,
+            &columns.seqs,
+            &columns.senders,
+            &columns.bodies as &[&str],
             &client_ids as &[Option<String>],
-            &created,
+            &columns.created,
             preview_chars,
         )
         .fetch_one(&mut *conn)
         .await?;
     Ok(u64::try_from(inserted).unwrap_or(0))
+}
+
+/// The message columns both writes bind, one array per column in the rows' order (the client
+/// message id, needed by the insert alone, is left to it).
+struct MessageColumns<'a> {
+    ids: Vec<Uuid>,
+    conversations: Vec<Uuid>,
+    seqs: Vec<i64>,
+    senders: Vec<Uuid>,
+    bodies: Vec<&'a str>,
+    created: Vec<DateTime<Utc>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn of(rows: impl IntoIterator<Item = &'a MessageRow>) -> Self {
+        let rows = rows.into_iter();
+        let n = rows.size_hint().0;
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            conversations: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            senders: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+        };
+        for row in rows {
+            columns.ids.push(row.id);
+            columns.conversations.push(row.conversation_id);
+            columns.seqs.push(row.seq);
+            columns.senders.push(row.sender_id);
+            columns.bodies.push(&row.body);
+            columns.created.push(row.created_at);
+        }
+        columns
+    }
 }
 
 /// One read-mark move to write.
