@@ -40,6 +40,8 @@ struct Arrivals {
     received: HashMap<String, usize>,
     /// (body, milliseconds from its send) in arrival order.
     latencies: Vec<(String, f64)>,
+    /// How many of `latencies` each run has: a body is `<run>-…` (`probe`, `10pct`, …).
+    timed_per_run: HashMap<String, usize>,
     /// The first out-of-order delivery on a recipient socket, if any.
     disorder: Option<String>,
 }
@@ -56,9 +58,9 @@ impl Recorder {
         self.arrivals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until `count` messages whose body starts with `prefix` have arrived, failing on a
-    /// disorder or after [`TIMEOUT`] without progress.
-    async fn wait_for(&self, prefix: &str, count: usize) -> anyhow::Result<()> {
+    /// Waits until `count` messages of `run` have arrived, failing on a disorder or after
+    /// [`TIMEOUT`] without progress.
+    async fn wait_for(&self, run: &str, count: usize) -> anyhow::Result<()> {
         loop {
             let changed = self.changed.notified();
             let arrived = {
@@ -66,14 +68,14 @@ impl Recorder {
                 if let Some(disorder) = &arrivals.disorder {
                     anyhow::bail!("out of order on a recipient socket: {disorder}");
                 }
-                arrivals.latencies.iter().filter(|(b, _)| b.starts_with(prefix)).count()
+                arrivals.timed_per_run.get(run).copied().unwrap_or(0)
             };
             if arrived >= count {
                 return Ok(());
             }
             anyhow::ensure!(
                 tokio::time::timeout(TIMEOUT, changed).await.is_ok(),
-                "{prefix}: {arrived} of {count} messages reached their recipient"
+                "{run}: {arrived} of {count} messages reached their recipient"
             );
         }
     }
@@ -119,6 +121,8 @@ fn recipient_hook(clock: Shared<Clock>, recorder: Arc<Recorder>) -> impl FnMut(S
         last_seq = seq;
         *arrivals.received.entry(body.clone()).or_default() += 1;
         if let Some(sent) = sent {
+            let run = body.split('-').next().unwrap_or_default().to_owned();
+            *arrivals.timed_per_run.entry(run).or_default() += 1;
             arrivals
                 .latencies
                 .push((body, now.saturating_duration_since(sent).as_secs_f64() * 1000.0));
@@ -318,7 +322,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let (rate, probes) = sustainable_rate(&pairs, context.size(3.0, 10.0), &clock).await?;
     eprintln!("   sustainable rate ≈ {rate:.0} sends/s with {} pairs", pairs.len());
     // The probe's last messages may still be on their way; the steps start from a quiet stack.
-    recorder.wait_for("probe-", probes).await?;
+    recorder.wait_for("probe", probes).await?;
     let mut steps = serde_json::Map::new();
     let mut at_half = json!(null);
     let mut total_sent = 0usize;
