@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use parley_domain::ids::conversation_id_for_project;
 use parley_domain::validation::PREVIEW_CHARS;
-use parley_events::{ProjectClosed, ProjectStarted};
+use parley_events::{MessagePosted, ProjectClosed, ProjectStarted};
 use sqlx::{Acquire as _, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -23,6 +23,21 @@ pub struct MessageRow {
     pub body: String,
     pub client_msg_id: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl MessageRow {
+    /// The row of a `parley.conversation.<id>.messages` event stored at stream sequence `seq`.
+    pub fn from_event(event: MessagePosted, seq: i64) -> Self {
+        Self {
+            id: event.id,
+            conversation_id: event.conversation_id,
+            seq,
+            sender_id: event.sender_id,
+            body: event.body,
+            client_msg_id: event.client_msg_id,
+            created_at: event.created_at,
+        }
+    }
 }
 
 /// What a `parley.project.closed` did.

@@ -448,15 +448,7 @@ struct Copied {
 async fn copy_rows(conn: &mut PgConnection, rows: &[Published]) -> anyhow::Result<Copied> {
     let rows: Vec<MessageRow> = rows
         .iter()
-        .map(|p| MessageRow {
-            id: p.event.id,
-            conversation_id: p.event.conversation_id,
-            seq: p.seq,
-            sender_id: p.event.sender_id,
-            body: p.event.body.clone(),
-            client_msg_id: p.event.client_msg_id.clone(),
-            created_at: p.event.created_at,
-        })
+        .map(|p| MessageRow::from_event(p.event.clone(), p.seq))
         .collect();
     let data = messages_copy_text(&rows);
     let started = Instant::now();

@@ -223,16 +223,7 @@ fn classify(message: &jetstream::Message) -> Classified {
             if let Err(refusal) = validate_body(&event.body) {
                 return Classified::Dead(format!("invalid body: {}", refusal.message));
             }
-            let row = MessageRow {
-                id: event.id,
-                conversation_id,
-                seq,
-                sender_id: event.sender_id,
-                body: event.body,
-                client_msg_id: event.client_msg_id,
-                created_at: event.created_at,
-            };
-            Classified::Message(row)
+            Classified::Message(MessageRow::from_event(event, seq))
         }
         Some(ConversationSubject::Read(conversation_id, reader)) => {
             let event: ReadMarked = match serde_json::from_slice(&message.payload) {
