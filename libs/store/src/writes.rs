@@ -1,7 +1,7 @@
 //! The persistence worker's writes. Each is idempotent so that JetStream's at-least-once delivery
 //! (redeliveries, two workers racing on a late ack) never doubles a row or moves state back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -198,13 +198,51 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
         .await?;
     copy.send(messages_copy_text(rows)).await?;
     let inserted = copy.finish().await?;
+    move_last_messages(conn, rows).await?;
+    Ok(inserted)
+}
 
+/// The same write for a batch that may hold rows already there: each conflict does nothing, and
+/// only the rows actually inserted move a conversation's last message.
+async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+    let columns = MessageColumns::of(rows);
+    let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
+    let inserted: HashSet<Uuid> = sqlx::query_scalar!(
+        r#"INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
+           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
+           ON CONFLICT DO NOTHING
+           RETURNING id"#,
+        &columns.ids,
+        &columns.conversations,
+        &columns.seqs,
+        &columns.senders,
+        &columns.bodies as &[&str],
+        &client_ids as &[Option<String>],
+        &columns.created,
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let new_rows: Vec<&MessageRow> = rows.iter().filter(|row| inserted.contains(&row.id)).collect();
+    move_last_messages(conn, new_rows).await?;
+    Ok(inserted.len() as u64)
+}
+
+/// Moves each conversation's last message forward to the latest of `rows`, never back.
+async fn move_last_messages<'a>(
+    conn: &mut PgConnection,
+    rows: impl IntoIterator<Item = &'a MessageRow>,
+) -> Result<(), sqlx::Error> {
     let mut latest: HashMap<Uuid, &MessageRow> = HashMap::new();
     for row in rows {
         let entry = latest.entry(row.conversation_id).or_insert(row);
         if row.seq > entry.seq {
             *entry = row;
         }
+    }
+    if latest.is_empty() {
+        return Ok(());
     }
     let latest = MessageColumns::of(latest.into_values());
     sqlx::query!(
@@ -229,54 +267,11 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
     )
     .execute(&mut *conn)
     .await?;
-    Ok(inserted)
+    Ok(())
 }
 
-/// The same write for a batch that may hold rows already there: each conflict does nothing.
-async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
-    let columns = MessageColumns::of(rows);
-    let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
-    let preview_chars = PREVIEW_CHARS as i32;
-    let inserted = sqlx::query_scalar!(
-            r#"WITH inserted AS (
-                   INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
-                   SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
-                   ON CONFLICT DO NOTHING
-                   RETURNING conversation_id, id, seq, sender_id, body, created_at
-               ),
-               latest AS (
-                   SELECT DISTINCT ON (conversation_id) * FROM inserted ORDER BY conversation_id, seq DESC
-               ),
-               moved AS (
-                   UPDATE conversations c
-                      SET last_message_id = l.id,
-                          last_message_seq = l.seq,
-                          last_message_sender = l.sender_id,
-                          last_message_preview = left(l.body, $8),
-                          last_message_at = l.created_at,
-                          updated_at = GREATEST(c.updated_at, l.created_at)
-                     FROM latest l
-                    WHERE c.id = l.conversation_id
-                      AND (c.last_message_seq IS NULL OR c.last_message_seq < l.seq)
-                   RETURNING 1
-               )
-               SELECT count(*) AS "inserted!" FROM inserted"#,
-            &columns.ids,
-            &columns.conversations,
-            &columns.seqs,
-            &columns.senders,
-            &columns.bodies as &[&str],
-            &client_ids as &[Option<String>],
-            &columns.created,
-            preview_chars,
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(u64::try_from(inserted).unwrap_or(0))
-}
-
-/// The message columns both writes bind, one array per column in the rows' order (the client
-/// message id, needed by the insert alone, is left to it).
+/// The message columns the insert and the last-message update bind, one array per column in the
+/// rows' order (the client message id, needed by the insert alone, is left to it).
 struct MessageColumns<'a> {
     ids: Vec<Uuid>,
     conversations: Vec<Uuid>,
