@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use parley_events::subjects;
 use parley_test_support::sio::Client;
-use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, token_for};
+use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, eventually, token_for};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -37,6 +37,18 @@ async fn backlog(js: &async_nats::jetstream::Context, project: &ProjectFixture, 
         ack.await?;
     }
     Ok(())
+}
+
+/// Waits until the persistence worker has stored the whole backlog of `project`: a client that
+/// reconnects after missing messages finds them stored, with no worker busy beside its replay.
+async fn persisted(infra: &Infra, project: &ProjectFixture, count: usize) {
+    let store = infra.db.store();
+    let (user, id) = (project.client(), project.conversation_id());
+    eventually("the backlog to be persisted", TIMEOUT, || async {
+        let conversation = store.conversation_of(user, id).await.ok().flatten()?;
+        (conversation.unread_count == count as i64).then_some(())
+    })
+    .await;
 }
 
 /// Catches up on `expected` messages the way a client does: joins from `last_seq` again while
@@ -111,6 +123,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     project.publish_started(&infra.js).await;
     conversation_exists(&infra.db, &project).await;
     backlog(&infra.js, &project, missed).await?;
+    persisted(&infra, &project, missed).await;
     let mut client = Client::connect(&url, json!({ "token": token_for(project.client(), TEST_JWT_SECRET) })).await?;
     let started = Instant::now();
     let (seqs, _) = catch_up(&mut client, project.conversation_id(), 0, missed).await?;

@@ -3,18 +3,27 @@
 //! ordered consumer filtered to exactly this conversation's subject; what the stream no longer
 //! holds (older than its first sequence) comes from Postgres first. Live messages arriving
 //! meanwhile are held by the socket's [`SocketSession`] and released after, without overlap.
+//!
+//! The consumer is read by a task of its own ([`Feed`]), which decodes and encodes each message
+//! while the join emits the ones before it. A client with more than [`MAX_REPLAY`] missed
+//! messages joins again from the last one it got, page after page, each join a round trip it
+//! waits for; so a replay that stops full leaves its feed reading on in the socket's session, and
+//! the next join from exactly there finds the next messages ready. A socket has at most one
+//! feed, holding at most [`READ_AHEAD`] encoded messages, for at most [`FEED_IDLE_TTL`] unused.
 
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use parley_domain::Message;
 use parley_events::{MessagePosted, subjects};
 use parley_store::HistoryQuery;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use uuid::Uuid;
 
@@ -26,6 +35,13 @@ use crate::session::SocketSession;
 pub const MAX_REPLAY: usize = 1000;
 /// How long the replay waits for the next message the stream said it holds.
 const NEXT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages a feed reads ahead of the join that emits them, at most.
+const READ_AHEAD: usize = MAX_REPLAY / 2;
+/// How long a feed waits, with its buffer full or on a consumer with nothing new, before it
+/// drops itself and its consumer: a client that stops paging does not hold either until it
+/// disconnects.
+const FEED_IDLE_TTL: Duration = Duration::from_secs(10);
 
 /// Most messages taken from the stream before they are emitted together. Emitting a run of
 /// messages at once lets the socket's writer send them in one write rather than one each.
@@ -70,8 +86,170 @@ pub struct ReplayOutcome {
     pub complete: bool,
 }
 
+/// The slot in a socket's session for the feed its last replay left reading.
+pub type FeedSlot = Arc<Mutex<Option<Feed>>>;
+
+/// An ordered consumer on one conversation, read by a task of its own into a bounded channel,
+/// each message decoded and encoded for the socket on the way. Dropping it stops the task, whose
+/// end deletes the consumer.
+pub struct Feed {
+    conversation: Uuid,
+    /// The `lastSeq` a join must ask from to go on with this feed: the last seq replayed.
+    after_seq: i64,
+    stream: async_nats::jetstream::stream::Stream,
+    /// The consumer's name, unique: tells this feed apart in the slot.
+    consumer: String,
+    items: tokio::sync::mpsc::Receiver<Result<Item, ApiError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One message of the range as the feed read it.
+struct Item {
+    seq: i64,
+    /// The `message:new` it becomes; `None` for a payload that does not decode, skipped (the
+    /// persistence worker buries it).
+    encoded: Option<Box<RawValue>>,
+}
+
+/// What the feed's task owns: deletes the consumer when the task ends, however it ends.
+struct Reader {
+    messages: Ordered,
+    stream: async_nats::jetstream::stream::Stream,
+    consumer: String,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Ephemeral, but never left to linger: delete it now (the server's inactivity threshold
+        // would catch a recreated one), without holding anything up for the round trip.
+        let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = stream.delete_consumer(&consumer).await;
+            });
+        }
+    }
+}
+
+impl Feed {
+    /// Creates an ordered consumer on `subject` from `start` and starts reading it.
+    async fn open(
+        stream: &async_nats::jetstream::stream::Stream,
+        conversation: Uuid,
+        subject: &str,
+        start: i64,
+        slot: Weak<Mutex<Option<Feed>>>,
+    ) -> Result<Feed, ApiError> {
+        let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay consumer: {e}"));
+        let consumer = format!("parley-replay-{}", Uuid::new_v4().simple());
+        let created = stream
+            .create_consumer(OrderedConfig {
+                name: Some(consumer.clone()),
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start as u64,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let reader = Reader {
+            messages: created.messages().await.map_err(|e| unavailable(&e))?,
+            stream: stream.clone(),
+            consumer,
+        };
+        Ok(Self::start(conversation, reader, slot))
+    }
+
+    /// Starts reading `reader`, whose feed may be parked in `slot` between joins.
+    fn start(conversation: Uuid, reader: Reader, slot: Weak<Mutex<Option<Feed>>>) -> Feed {
+        let (tx, items) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (stream, consumer) = (reader.stream.clone(), reader.consumer.clone());
+        let name = consumer.clone();
+        let task = tokio::spawn(async move {
+            if Self::read(reader, &tx).await == Ended::Idle {
+                // Nobody took from this feed for a while: free its buffer too, if it is the one
+                // parked (a join holding it is using it, and drops it itself).
+                let parked = slot.upgrade().and_then(|slot| {
+                    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let ours = slot.as_ref().is_some_and(|feed| feed.consumer == name);
+                    if ours { slot.take() } else { None }
+                });
+                drop(parked);
+            }
+        });
+        Feed {
+            conversation,
+            after_seq: 0,
+            stream,
+            consumer,
+            items,
+            task,
+        }
+    }
+
+    async fn read(mut reader: Reader, tx: &tokio::sync::mpsc::Sender<Result<Item, ApiError>>) -> Ended {
+        loop {
+            let Ok(next) = tokio::time::timeout(FEED_IDLE_TTL, reader.messages.next()).await else {
+                return Ended::Idle;
+            };
+            let item = Self::item(next);
+            let failed = item.is_err();
+            match tokio::time::timeout(FEED_IDLE_TTL, tx.send(item)).await {
+                Err(_) => return Ended::Idle,
+                Ok(Err(_)) => return Ended::Dropped,
+                Ok(Ok(())) if failed => return Ended::Failed,
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    fn item(next: Option<Result<async_nats::jetstream::Message, OrderedError>>) -> Result<Item, ApiError> {
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(ApiError::Unavailable(format!("replay: {e}"))),
+            None => return Err(ApiError::Unavailable("replay: consumer ended".into())),
+        };
+        let info = message
+            .info()
+            .map_err(|e| ApiError::Unavailable(format!("replay: {e}")))?;
+        let seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
+        let encoded = serde_json::from_slice::<MessagePosted>(&message.payload)
+            .ok()
+            .and_then(|event| serde_json::value::to_raw_value(&Replayed::from(&event.into_message(seq as u64))).ok());
+        Ok(Item { seq, encoded })
+    }
+
+    /// Up to `limit` items, waiting for the first: the range says the stream holds it. `false`
+    /// once the feed has ended and given everything it read.
+    async fn next_items(&mut self, limit: usize, into: &mut Vec<Result<Item, ApiError>>) -> Result<bool, ApiError> {
+        let received = tokio::time::timeout(NEXT_MESSAGE_TIMEOUT, self.items.recv_many(into, limit))
+            .await
+            .map_err(|_| ApiError::Unavailable("replay: the stream stopped answering".into()))?;
+        Ok(received > 0)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Waited [`FEED_IDLE_TTL`] on a full buffer or a consumer with nothing new.
+    Idle,
+    /// The feed was dropped.
+    Dropped,
+    /// An error was passed on.
+    Failed,
+}
+
 /// Replays to `socket` every message of `conversation` with `seq > after_seq`, up to
-/// [`MAX_REPLAY`], then releases the live messages held meanwhile.
+/// [`MAX_REPLAY`], then releases the live messages held meanwhile. A feed the socket's last replay
+/// parked is used if this join goes on exactly where that one stopped, else dropped; this replay
+/// parks its own if it stops full.
 pub async fn replay(
     messaging: &Messaging,
     socket: &SocketRef,
@@ -85,14 +263,30 @@ pub async fn replay(
         sent: 0,
         through: after_seq,
     };
-    let result = cursor.run(messaging, conversation, after_seq, live_from).await;
+    let slot = &session.replay_feed;
+    let parked = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    let parked = parked.filter(|feed| feed.conversation == conversation && feed.after_seq == after_seq);
+    let result = cursor
+        .run(
+            messaging,
+            conversation,
+            after_seq,
+            live_from,
+            parked,
+            Arc::downgrade(slot),
+        )
+        .await;
     // Whatever happened, stop holding and release what was held, in order, under the lock.
     let mut deliveries = session.lock();
     for message in deliveries.end_replay(conversation, cursor.through) {
         crate::fanout::emit_live(socket, &message);
     }
     drop(deliveries);
-    let complete = result?;
+    let (complete, feed) = result?;
+    if let Some(mut feed) = feed {
+        feed.after_seq = cursor.through;
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(feed);
+    }
     Ok(ReplayOutcome {
         replayed: cursor.sent,
         complete,
@@ -107,156 +301,166 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    fn emit(&mut self, message: &Message) {
-        let _ = self.socket.emit("message:new", &Replayed::from(message));
-        self.sent += 1;
-        metrics::counter!("parley_gateway_replayed_messages_total").increment(1);
-        self.through = self.through.max(message.seq);
+    /// Emits messages read from Postgres.
+    fn emit_stored(&mut self, messages: &[Message]) {
+        for message in messages {
+            let _ = self.socket.emit("message:new", &Replayed::from(message));
+            self.through = self.through.max(message.seq);
+        }
+        self.count(messages.len());
+    }
+
+    /// Emits messages read from the stream, already encoded. A one-element tuple is the event's
+    /// one argument, written as is.
+    fn emit_encoded(&mut self, messages: &mut Vec<(i64, Box<RawValue>)>) {
+        let sent = messages.len();
+        for (seq, encoded) in messages.drain(..) {
+            let _ = self.socket.emit("message:new", &(encoded,));
+            self.through = self.through.max(seq);
+        }
+        self.count(sent);
+    }
+
+    fn count(&mut self, sent: usize) {
+        self.sent += sent;
+        metrics::counter!("parley_gateway_replayed_messages_total").increment(sent as u64);
     }
 
     fn full(&self) -> bool {
         self.sent >= MAX_REPLAY
     }
 
-    /// Sends the range; returns whether it was complete.
+    /// Sends the range; returns whether it was complete, and when it stopped full in the
+    /// stream, the feed to go on from.
     async fn run(
         &mut self,
         messaging: &Messaging,
         conversation: Uuid,
         after_seq: i64,
         live_from: Option<i64>,
-    ) -> Result<bool, ApiError> {
+        parked: Option<Feed>,
+        slot: Weak<Mutex<Option<Feed>>>,
+    ) -> Result<(bool, Option<Feed>), ApiError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay {what}: {e}"));
         // Everything from the first live message on already reached this socket.
         let upper = live_from.map_or(i64::MAX, |s| s - 1);
-        // Fetched now, so its state is current: no second round trip for the first sequence.
-        let stream = messaging
-            .js
-            .get_stream(parley_nats::CHAT_STREAM)
-            .await
-            .map_err(|e| unavailable("stream", &e))?;
-        let first_in_stream = stream.cached_info().state.first_sequence;
-        let first_in_stream = i64::try_from(first_in_stream).unwrap_or(i64::MAX);
-        tracing::debug!(%conversation, after_seq, ?live_from, first_in_stream, "replay");
+        let subject = subjects::conversation_messages(conversation);
 
-        // 1. What the stream no longer holds, from Postgres.
-        if after_seq + 1 < first_in_stream {
-            let below = first_in_stream.min(upper.saturating_add(1));
-            let page = messaging
-                .store
-                .history(
-                    conversation,
-                    HistoryQuery {
-                        after_seq: Some(after_seq),
-                        before_seq: Some(below),
-                        limit: MAX_REPLAY as i64,
-                    },
-                )
-                .await?;
-            for message in &page.messages {
-                self.emit(message);
+        // A parked feed reads on from `after_seq` in the stream: nothing to fetch from Postgres.
+        let (stream, start) = match &parked {
+            Some(feed) => (feed.stream.clone(), after_seq + 1),
+            None => {
+                // Fetched now, so its state is current: no second round trip for the first sequence.
+                let stream = messaging
+                    .js
+                    .get_stream(parley_nats::CHAT_STREAM)
+                    .await
+                    .map_err(|e| unavailable("stream", &e))?;
+                let first_in_stream = stream.cached_info().state.first_sequence;
+                let first_in_stream = i64::try_from(first_in_stream).unwrap_or(i64::MAX);
+                tracing::debug!(%conversation, after_seq, ?live_from, first_in_stream, "replay");
+
+                // 1. What the stream no longer holds, from Postgres.
+                if after_seq + 1 < first_in_stream {
+                    let below = first_in_stream.min(upper.saturating_add(1));
+                    let page = messaging
+                        .store
+                        .history(
+                            conversation,
+                            HistoryQuery {
+                                after_seq: Some(after_seq),
+                                before_seq: Some(below),
+                                limit: MAX_REPLAY as i64,
+                            },
+                        )
+                        .await?;
+                    self.emit_stored(&page.messages);
+                    if page.has_more || self.full() {
+                        return Ok((false, None));
+                    }
+                }
+                let start = (after_seq + 1).max(first_in_stream).max(self.through + 1);
+                (stream, start)
             }
-            if page.has_more {
-                return Ok(false);
-            }
-        }
+        };
 
         // 2. The rest, from the stream, up to its last message for this conversation now.
-        let subject = subjects::conversation_messages(conversation);
         let last = match stream.direct_get_last_for_subject(subject.clone()).await {
             Ok(message) => i64::try_from(message.sequence).unwrap_or(i64::MAX),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(true),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((true, None)),
             Err(e) => return Err(unavailable("last message", &e)),
         };
-        let start = (after_seq + 1).max(first_in_stream).max(self.through + 1);
         let end = last.min(upper);
-        tracing::debug!(%conversation, start, end, "replay from the stream");
+        tracing::debug!(%conversation, start, end, parked = parked.is_some(), "replay from the stream");
         if start > end {
-            return Ok(true);
+            return Ok((true, None));
         }
-        if self.full() {
-            return Ok(false);
-        }
-        let name = format!("parley-replay-{}", Uuid::new_v4().simple());
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                name: Some(name.clone()),
-                filter_subject: subject,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start as u64,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("consumer", &e))?;
-        let result = self
-            .drain(consumer.messages().await.map_err(|e| unavailable("consumer", &e))?, end)
-            .await;
-        // Ephemeral, but never left to linger: delete it now (the server's inactivity threshold
-        // would catch a recreated one), without holding the join's answer for the round trip.
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
-        result
-    }
-
-    async fn drain(
-        &mut self,
-        mut messages: async_nats::jetstream::consumer::pull::Ordered,
-        end: i64,
-    ) -> Result<bool, ApiError> {
-        let mut ready: Vec<Message> = Vec::with_capacity(EMIT_CHUNK);
+        let mut parked = parked;
         loop {
-            let next = tokio::time::timeout(NEXT_MESSAGE_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| ApiError::Unavailable("replay: the stream stopped answering".into()))?;
-            let mut outcome = self.take(next, end, &mut ready)?;
-            // Whatever else the consumer already holds joins this chunk.
-            while outcome.is_none() && ready.len() < EMIT_CHUNK {
-                let Some(next) = messages.next().now_or_never() else {
-                    break;
-                };
-                outcome = self.take(next, end, &mut ready)?;
-            }
-            for message in ready.drain(..) {
-                self.emit(&message);
-            }
-            if let Some(complete) = outcome {
-                return Ok(complete);
+            let mut feed = match parked.take() {
+                Some(feed) => feed,
+                None => {
+                    Feed::open(
+                        &stream,
+                        conversation,
+                        &subject,
+                        self.through.max(start - 1) + 1,
+                        slot.clone(),
+                    )
+                    .await?
+                }
+            };
+            match self.drain(&mut feed, end).await? {
+                Some(true) => return Ok((true, None)),
+                Some(false) => return Ok((false, Some(feed))),
+                // A feed that gave up while idle, just as this join took it: go on afresh.
+                None => tracing::debug!(%conversation, through = self.through, "replay feed ended; reading afresh"),
             }
         }
     }
 
-    /// Takes one message from the consumer into `ready`. Returns `Some(complete)` once the range
-    /// is done (`true`) or the replay is full (`false`), `None` to go on.
-    fn take(
-        &self,
-        next: Option<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
-        end: i64,
-        ready: &mut Vec<Message>,
-    ) -> Result<Option<bool>, ApiError> {
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(ApiError::Unavailable(format!("replay: {e}"))),
-            None => return Err(ApiError::Unavailable("replay: consumer ended".into())),
-        };
-        let info = message
-            .info()
-            .map_err(|e| ApiError::Unavailable(format!("replay: {e}")))?;
-        let seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
-        if seq > end {
-            return Ok(Some(true));
+    /// Emits what the feed gives up to `end`, chunk by chunk; returns whether the range was
+    /// complete (`false`: the replay is full), or `None` if the feed ended first.
+    async fn drain(&mut self, feed: &mut Feed, end: i64) -> Result<Option<bool>, ApiError> {
+        let mut items = Vec::with_capacity(EMIT_CHUNK);
+        let mut ready = Vec::with_capacity(EMIT_CHUNK);
+        loop {
+            // Never more than the replay has room for: what is left stays in the feed.
+            if !feed
+                .next_items(EMIT_CHUNK.min(MAX_REPLAY - self.sent), &mut items)
+                .await?
+            {
+                return Ok(None);
+            }
+            let mut outcome = None;
+            for item in items.drain(..) {
+                outcome = self.take(item?, end, &mut ready);
+                if outcome.is_some() {
+                    break;
+                }
+            }
+            self.emit_encoded(&mut ready);
+            if outcome.is_some() {
+                return Ok(outcome);
+            }
         }
-        let pending = info.pending;
-        if let Ok(event) = serde_json::from_slice::<MessagePosted>(&message.payload) {
-            ready.push(event.into_message(seq as u64));
+    }
+
+    /// Takes one message of the range into `ready`. Returns `Some(complete)` once the range is
+    /// done (`true`) or the replay is full (`false`), `None` to go on.
+    fn take(&self, item: Item, end: i64, ready: &mut Vec<(i64, Box<RawValue>)>) -> Option<bool> {
+        if item.seq > end {
+            return Some(true);
         }
-        if seq == end || pending == 0 {
-            return Ok(Some(true));
+        if let Some(encoded) = item.encoded {
+            ready.push((item.seq, encoded));
+        }
+        if item.seq == end {
+            return Some(true);
         }
         if self.sent + ready.len() >= MAX_REPLAY {
-            return Ok(Some(false));
+            return Some(false);
         }
-        Ok(None)
+        None
     }
 }

@@ -19,6 +19,7 @@ use parley_domain::Message;
 use uuid::Uuid;
 
 use crate::auth::UserId;
+use crate::replay::FeedSlot;
 
 /// Per-socket state, shared by the socket's handlers and the fan-out.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct SocketSession {
     inner: Arc<Mutex<Deliveries>>,
     /// Serialises joins of one socket, so two replays never interleave.
     pub join_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The feed the last replay left reading, when it stopped full.
+    pub replay_feed: FeedSlot,
     rooms: Arc<Mutex<Rooms>>,
 }
 
@@ -65,6 +68,7 @@ impl SocketSession {
                 warming: true,
             })),
             join_lock: Arc::new(tokio::sync::Mutex::new(())),
+            replay_feed: FeedSlot::default(),
             rooms: Arc::default(),
         }
     }

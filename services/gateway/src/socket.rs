@@ -210,8 +210,13 @@ async fn conversation_join(
             Some(seq) => seq,
             None => state.messaging.store.read_mark(conversation_id, user.0).await?,
         };
-        let outcome = replay(&state.messaging, &socket, &session, conversation_id, after_seq).await?;
-        let conversation = state.messaging.conversation(user, conversation_id).await?;
+        // The conversation as the ack shows it is read while the replay runs: its unread count
+        // scans what the caller has not read, which is exactly a long replay's backlog.
+        let (outcome, conversation) = tokio::join!(
+            replay(&state.messaging, &socket, &session, conversation_id, after_seq),
+            state.messaging.conversation(user, conversation_id)
+        );
+        let (outcome, conversation) = (outcome?, conversation?);
         Ok(
             json!({ "ok": true, "conversation": conversation, "replayed": outcome.replayed, "complete": outcome.complete }),
         )

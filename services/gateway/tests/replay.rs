@@ -240,6 +240,99 @@ async fn a_replay_stops_at_a_thousand_and_says_it_is_incomplete() {
     assert!(rest.iter().all(|m| m["seq"].as_i64().unwrap() > *got.last().unwrap()));
 }
 
+#[tokio::test]
+async fn paging_through_a_long_backlog_gets_every_message_once_even_with_a_live_one_between_pages() {
+    let stack = stack(1).await;
+    let project = stack.project("Long backlog").await;
+    let conversation = project.conversation_id();
+    publish_backlog(&stack.js, &project, 2500).await;
+    let mut socket = stack.socket(0, project.client()).await;
+    let (ack, first) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(
+        (ack["replayed"].as_u64(), ack["complete"].as_bool()),
+        (Some(1000), Some(false))
+    );
+
+    // A message sent between pages reaches the joined socket live, and no page repeats it.
+    let provider = stack.socket(0, project.provider()).await;
+    let live = send(&provider, conversation, "while paging").await;
+    let (name, data) = socket.next_event(WAIT).await.expect("the live message");
+    assert_eq!((name.as_str(), &data["id"]), ("message:new", &live["id"]));
+    assert!(data.get("replayed").is_none(), "{data}");
+
+    let mut replayed = seqs(&first);
+    loop {
+        let (ack, page) = join_collect(&mut socket, conversation, replayed.last().copied()).await;
+        replayed.extend(seqs(&page));
+        if ack["complete"] == true {
+            break;
+        }
+        assert_eq!(ack["replayed"], 1000, "{ack}");
+    }
+    assert_eq!(replayed.len(), 2500, "every backlog message, none twice");
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "in order");
+    let live_seq = live["seq"].as_i64().unwrap();
+    assert!(
+        replayed.iter().all(|seq| *seq < live_seq),
+        "the live message is not replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_that_stops_full_keeps_one_consumer_reading_ahead_until_the_socket_leaves() {
+    let stack = stack(1).await;
+    let project = stack.project("Read ahead").await;
+    let conversation = project.conversation_id();
+    publish_backlog(&stack.js, &project, 1500).await;
+    let baseline = consumer_count(&stack.js).await;
+    let mut socket = stack.socket(0, project.client()).await;
+    let (_, first) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(first.len(), 1000);
+    assert_eq!(
+        consumer_count(&stack.js).await,
+        baseline + 1,
+        "the feed for the next page stays"
+    );
+
+    // A join from elsewhere replaces it: still one, and it serves that join correctly.
+    let (ack, again) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(seqs(&again), seqs(&first), "{ack}");
+    parley_test_support::eventually("the replaced feed's consumer to be gone", WAIT, || async {
+        (consumer_count(&stack.js).await == baseline + 1).then_some(())
+    })
+    .await;
+
+    // The socket leaves: nothing is left behind.
+    socket.disconnect().await;
+    parley_test_support::eventually("the parked feed's consumer to be gone", WAIT, || async {
+        (consumer_count(&stack.js).await == baseline).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_read_ahead_nobody_takes_expires_with_its_consumer() {
+    let stack = stack(1).await;
+    let project = stack.project("Abandoned paging").await;
+    let conversation = project.conversation_id();
+    publish_backlog(&stack.js, &project, 1200).await;
+    let baseline = consumer_count(&stack.js).await;
+    let mut socket = stack.socket(0, project.client()).await;
+    let (ack, first) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(ack["complete"], false);
+    assert_eq!(consumer_count(&stack.js).await, baseline + 1);
+    // The client stops paging but stays connected: the feed gives up after its idle bound.
+    parley_test_support::eventually(
+        "the idle feed's consumer to be gone",
+        Duration::from_secs(40),
+        || async { (consumer_count(&stack.js).await == baseline).then_some(()) },
+    )
+    .await;
+    // Paging on still works, from a fresh consumer.
+    let (ack, rest) = join_collect(&mut socket, conversation, seqs(&first).last().copied()).await;
+    assert_eq!((ack["complete"].as_bool(), rest.len()), (Some(true), 200));
+}
+
 /// Publishes `count` messages from the provider straight to JetStream, as a gateway would.
 async fn publish_backlog(js: &jetstream::Context, project: &ProjectFixture, count: usize) {
     let mut acks = Vec::new();
