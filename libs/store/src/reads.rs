@@ -100,9 +100,7 @@ impl Store {
             r#"SELECT c.id, c.project_id, c.project_title, c.status, c.updated_at,
                       c.last_message_id, c.last_message_seq, c.last_message_sender,
                       c.last_message_preview, c.last_message_at,
-                      (SELECT count(*) FROM messages m
-                        WHERE m.conversation_id = c.id AND m.sender_id <> me.user_id
-                          AND m.seq > me.last_read_seq) AS "unread_count!"
+                      me.unread_count
                  FROM participants me
                  JOIN conversations c ON c.id = me.conversation_id
                 WHERE me.user_id = $1 AND ($2::uuid IS NULL OR c.id = $2)

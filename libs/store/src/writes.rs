@@ -152,11 +152,13 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
-    /// Returns how many marks actually moved.
+    /// Moves read marks forward only, in one transaction, recounting the unread messages of
+    /// those whose mark moved. Returns how many marks actually moved.
     pub async fn apply_read_marks(&self, rows: &[ReadMarkRow]) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(apply_read_marks_on(&mut conn, rows).await?)
+        let mut tx = self.pool.begin().await?;
+        let moved = apply_read_marks_on(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(moved)
     }
 }
 
@@ -199,6 +201,7 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Resu
     copy.send(messages_copy_text(rows)).await?;
     let inserted = copy.finish().await?;
     move_last_messages(conn, rows).await?;
+    add_unread(conn, rows).await?;
     Ok(inserted)
 }
 
@@ -225,7 +228,8 @@ async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRo
     .into_iter()
     .collect();
     let new_rows: Vec<&MessageRow> = rows.iter().filter(|row| inserted.contains(&row.id)).collect();
-    move_last_messages(conn, new_rows).await?;
+    move_last_messages(conn, new_rows.iter().copied()).await?;
+    add_unread(conn, new_rows).await?;
     Ok(inserted.len() as u64)
 }
 
@@ -264,6 +268,41 @@ async fn move_last_messages<'a>(
         &latest.bodies as &[&str],
         &latest.created,
         PREVIEW_CHARS as i32,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds newly stored messages to their recipients' unread counts: per participant, the other
+/// party's messages above the participant's read mark. The mark is read from the row as it is
+/// when updated, so a mark a concurrent transaction moved and committed first is respected.
+async fn add_unread<'a>(
+    conn: &mut PgConnection,
+    rows: impl IntoIterator<Item = &'a MessageRow>,
+) -> Result<(), sqlx::Error> {
+    let (mut conversations, mut seqs, mut senders) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        conversations.push(row.conversation_id);
+        seqs.push(row.seq);
+        senders.push(row.sender_id);
+    }
+    if conversations.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"UPDATE participants p
+              SET unread_count = p.unread_count
+                  + (SELECT count(*) FROM UNNEST(n.seqs, n.senders) AS m(seq, sender_id)
+                      WHERE m.sender_id <> p.user_id AND m.seq > p.last_read_seq)
+             FROM (SELECT conversation_id, array_agg(seq) AS seqs, array_agg(sender_id) AS senders
+                     FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[]) AS r(conversation_id, seq, sender_id)
+                    GROUP BY conversation_id) n
+            WHERE p.conversation_id = n.conversation_id
+              AND NOT p.user_id = ALL (n.senders)"#,
+        &conversations,
+        &seqs,
+        &senders,
     )
     .execute(&mut *conn)
     .await?;
@@ -314,8 +353,8 @@ pub struct ReadMarkRow {
     pub read_at: DateTime<Utc>,
 }
 
-/// Moves read marks forward only (`GREATEST`), in one statement for the whole batch.
-/// Returns how many marks actually moved.
+/// Moves read marks forward only, in one statement for the whole batch, and recounts the unread
+/// messages of the participants whose mark moved. Returns how many marks actually moved.
 async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
@@ -332,16 +371,36 @@ async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> R
                               AS u(conversation_id, user_id, seq, read_at)
                         ORDER BY conversation_id, user_id, seq DESC) v
                 WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
-                  AND p.last_read_seq < v.seq"#,
+                  AND p.last_read_seq < v.seq
+            RETURNING p.conversation_id, p.user_id"#,
         &conversations,
         &users,
         &seqs,
         &read_at,
     )
+    .fetch_all(&mut *conn)
+    .await?;
+    if moved.is_empty() {
+        return Ok(0);
+    }
+    // A statement of its own, after the one that locked the rows: its snapshot includes every
+    // message whose transaction added to these counts before (see the migration).
+    let conversations: Vec<Uuid> = moved.iter().map(|r| r.conversation_id).collect();
+    let users: Vec<Uuid> = moved.iter().map(|r| r.user_id).collect();
+    sqlx::query!(
+        r#"UPDATE participants p
+              SET unread_count = (SELECT count(*) FROM messages m
+                                   WHERE m.conversation_id = p.conversation_id
+                                     AND m.sender_id <> p.user_id
+                                     AND m.seq > p.last_read_seq)
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS v(conversation_id, user_id)
+            WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id"#,
+        &conversations,
+        &users,
+    )
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(moved)
+    .await?;
+    Ok(moved.len() as u64)
 }
 
 /// The rows in `COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id,
