@@ -338,7 +338,7 @@ impl Cursor<'_> {
         conversation: Uuid,
         after_seq: i64,
         live_from: Option<i64>,
-        parked: Option<Feed>,
+        mut parked: Option<Feed>,
         slot: Weak<Mutex<Option<Feed>>>,
     ) -> Result<(bool, Option<Feed>), ApiError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay {what}: {e}"));
@@ -395,16 +395,16 @@ impl Cursor<'_> {
         if start > end {
             return Ok((true, None));
         }
-        let mut parked = parked;
         loop {
             let mut feed = match parked.take() {
                 Some(feed) => feed,
+                // From `start`, or right after what a feed that ended had already given.
                 None => {
                     Feed::open(
                         &stream,
                         conversation,
                         &subject,
-                        self.through.max(start - 1) + 1,
+                        start.max(self.through + 1),
                         slot.clone(),
                     )
                     .await?
