@@ -86,8 +86,9 @@ pub struct ReplayOutcome {
     pub complete: bool,
 }
 
-/// The slot in a socket's session for the feed its last replay left reading.
-pub type FeedSlot = Arc<Mutex<Option<Feed>>>;
+/// The slot in a socket's session for the feed its last replay left reading. Boxed: every socket
+/// has a slot, few have a feed.
+pub type FeedSlot = Arc<Mutex<Option<Box<Feed>>>>;
 
 /// An ordered consumer on one conversation, read by a task of its own into a bounded channel,
 /// each message decoded and encoded for the socket on the way. Dropping it stops the task, whose
@@ -144,7 +145,7 @@ impl Feed {
         conversation: Uuid,
         subject: &str,
         start: i64,
-        slot: Weak<Mutex<Option<Feed>>>,
+        slot: Weak<Mutex<Option<Box<Feed>>>>,
     ) -> Result<Feed, ApiError> {
         let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay consumer: {e}"));
         let consumer = format!("parley-replay-{}", Uuid::new_v4().simple());
@@ -168,7 +169,7 @@ impl Feed {
     }
 
     /// Starts reading `reader`, whose feed may be parked in `slot` between joins.
-    fn start(conversation: Uuid, reader: Reader, slot: Weak<Mutex<Option<Feed>>>) -> Feed {
+    fn start(conversation: Uuid, reader: Reader, slot: Weak<Mutex<Option<Box<Feed>>>>) -> Feed {
         let (tx, items) = tokio::sync::mpsc::channel(READ_AHEAD);
         let (stream, consumer) = (reader.stream.clone(), reader.consumer.clone());
         let name = consumer.clone();
@@ -265,7 +266,9 @@ pub async fn replay(
     };
     let slot = &session.replay_feed;
     let parked = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    let parked = parked.filter(|feed| feed.conversation == conversation && feed.after_seq == after_seq);
+    let parked = parked
+        .filter(|feed| feed.conversation == conversation && feed.after_seq == after_seq)
+        .map(|feed| *feed);
     let result = cursor
         .run(
             messaging,
@@ -285,7 +288,7 @@ pub async fn replay(
     let (complete, feed) = result?;
     if let Some(mut feed) = feed {
         feed.after_seq = cursor.through;
-        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(feed);
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Box::new(feed));
     }
     Ok(ReplayOutcome {
         replayed: cursor.sent,
@@ -339,7 +342,7 @@ impl Cursor<'_> {
         after_seq: i64,
         live_from: Option<i64>,
         mut parked: Option<Feed>,
-        slot: Weak<Mutex<Option<Feed>>>,
+        slot: Weak<Mutex<Option<Box<Feed>>>>,
     ) -> Result<(bool, Option<Feed>), ApiError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay {what}: {e}"));
         // Everything from the first live message on already reached this socket.
