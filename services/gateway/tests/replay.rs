@@ -27,6 +27,14 @@ async fn consumer_count(js: &jetstream::Context) -> usize {
         .consumer_count
 }
 
+/// Waits until the chat stream has exactly `count` consumers: deletes are asynchronous.
+async fn consumers_become(js: &jetstream::Context, count: usize, what: &str, timeout: Duration) {
+    parley_test_support::eventually(what, timeout, || async {
+        (consumer_count(js).await == count).then_some(())
+    })
+    .await;
+}
+
 /// Joins, collecting what the socket gets before the ack; returns (ack, replayed messages).
 async fn join_collect(socket: &mut Client, conversation: Uuid, last_seq: Option<i64>) -> (Value, Vec<Value>) {
     let mut payload = json!({ "conversationId": conversation });
@@ -128,10 +136,7 @@ async fn an_offline_recipient_gets_exactly_what_it_missed_then_live_messages_man
     );
 
     socket.disconnect().await;
-    parley_test_support::eventually("replay consumers to be gone", WAIT, || async {
-        (consumer_count(&stack.js).await == baseline).then_some(())
-    })
-    .await;
+    consumers_become(&stack.js, baseline, "replay consumers to be gone", WAIT).await;
 }
 
 #[tokio::test]
@@ -297,17 +302,11 @@ async fn a_replay_that_stops_full_keeps_one_consumer_reading_ahead_until_the_soc
     // A join from elsewhere replaces it: still one, and it serves that join correctly.
     let (ack, again) = join_collect(&mut socket, conversation, Some(0)).await;
     assert_eq!(seqs(&again), seqs(&first), "{ack}");
-    parley_test_support::eventually("the replaced feed's consumer to be gone", WAIT, || async {
-        (consumer_count(&stack.js).await == baseline + 1).then_some(())
-    })
-    .await;
+    consumers_become(&stack.js, baseline + 1, "the replaced feed's consumer to be gone", WAIT).await;
 
     // The socket leaves: nothing is left behind.
     socket.disconnect().await;
-    parley_test_support::eventually("the parked feed's consumer to be gone", WAIT, || async {
-        (consumer_count(&stack.js).await == baseline).then_some(())
-    })
-    .await;
+    consumers_become(&stack.js, baseline, "the parked feed's consumer to be gone", WAIT).await;
 }
 
 #[tokio::test]
@@ -322,10 +321,11 @@ async fn a_read_ahead_nobody_takes_expires_with_its_consumer() {
     assert_eq!(ack["complete"], false);
     assert_eq!(consumer_count(&stack.js).await, baseline + 1);
     // The client stops paging but stays connected: the feed gives up after its idle bound.
-    parley_test_support::eventually(
+    consumers_become(
+        &stack.js,
+        baseline,
         "the idle feed's consumer to be gone",
         Duration::from_secs(40),
-        || async { (consumer_count(&stack.js).await == baseline).then_some(()) },
     )
     .await;
     // Paging on still works, from a fresh consumer.
