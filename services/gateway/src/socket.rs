@@ -210,8 +210,8 @@ async fn conversation_join(
             Some(seq) => seq,
             None => state.messaging.store.read_mark(conversation_id, user.0).await?,
         };
-        // The conversation as the ack shows it is read while the replay runs: its unread count
-        // scans what the caller has not read, which is exactly a long replay's backlog.
+        // The conversation as the ack shows it is read while the replay runs: its two queries
+        // need not wait for the replay, nor the replay for them.
         let (outcome, conversation) = tokio::join!(
             replay(&state.messaging, &socket, &session, conversation_id, after_seq),
             state.messaging.conversation(user, conversation_id)
