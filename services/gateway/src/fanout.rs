@@ -15,6 +15,7 @@ use parley_domain::model::rfc3339;
 use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use serde_json::json;
+use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use tokio::task::JoinHandle;
@@ -136,7 +137,17 @@ async fn follow(
 /// Emits a live `message:new` to one socket and counts it: fan-out deliveries, and the latency
 /// from the send being accepted to this emit. Callers hold the socket's session lock.
 pub fn emit_live(socket: &SocketRef, message: &Message) {
-    if socket.emit("message:new", message).is_ok() {
+    counted(socket.emit("message:new", message).is_ok(), message);
+}
+
+/// [`emit_live`] with the message already encoded, for a message going to several sockets: it is
+/// serialized once. A one-element tuple is the event's one argument, written as is.
+fn emit_live_encoded(socket: &SocketRef, message: &Message, encoded: &RawValue) {
+    counted(socket.emit("message:new", &(encoded,)).is_ok(), message);
+}
+
+fn counted(sent: bool, message: &Message) {
+    if sent {
         metrics::counter!("parley_gateway_fanout_deliveries_total").increment(1);
         let latency = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
         metrics::histogram!("parley_gateway_delivery_latency_seconds").record(latency.as_secs_f64());
@@ -155,13 +166,22 @@ impl Target {
         let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
         let message = event.into_message(seq);
         self.recent.remember(message.id, message.conversation_id, message.seq);
+        // Encoded once, by the first socket that takes it.
+        let mut encoded: Option<Box<RawValue>> = None;
         for socket in self.io.to(rooms).sockets() {
             let Some(session) = socket.extensions.get::<SocketSession>() else {
                 continue;
             };
             let mut deliveries = session.lock();
-            if deliveries.admit_live(&message) {
-                emit_live(&socket, &message);
+            if !deliveries.admit_live(&message) {
+                continue;
+            }
+            if encoded.is_none() {
+                encoded = serde_json::value::to_raw_value(&message).ok();
+            }
+            match &encoded {
+                Some(encoded) => emit_live_encoded(&socket, &message, encoded),
+                None => emit_live(&socket, &message),
             }
         }
     }
