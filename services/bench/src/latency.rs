@@ -12,7 +12,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parley_test_support::sio::Client;
-use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, token_for};
+use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, consumer_info, conversation_exists, token_for};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -199,6 +199,33 @@ async fn sustainable_rate(pairs: &[Pair], seconds: f64, clock: &Shared<Clock>) -
     Ok((sent as f64 / started.elapsed().as_secs_f64(), sent))
 }
 
+/// Waits until the persistence and notification workers have acknowledged everything sent so
+/// far, so that no step is measured while they work through an earlier one's backlog. Returns how
+/// long that took: a long wait after the probe says its rate is more than they sustain.
+async fn workers_caught_up(js: &async_nats::jetstream::Context) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for definition in [
+        parley_nats::PERSISTENCE_CHAT_CONSUMER,
+        parley_nats::NOTIFICATION_MESSAGES_CONSUMER,
+    ] {
+        let name = parley_nats::consumer_config(definition)?
+            .durable_name
+            .unwrap_or_default();
+        loop {
+            let info = consumer_info(js, definition.stream, &name).await;
+            if info.is_some_and(|info| info.num_pending == 0 && info.num_ack_pending == 0) {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < TIMEOUT,
+                "{name} did not catch up within {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(started.elapsed())
+}
+
 /// The raw baseline: JetStream publish → ordered consumer, at `rate` for `total` messages.
 async fn raw_round_trip(infra: &Infra, rate: f64, total: usize) -> anyhow::Result<Vec<f64>> {
     let js = &infra.js;
@@ -321,8 +348,14 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
 
     let (rate, probes) = sustainable_rate(&pairs, context.size(3.0, 10.0), &clock).await?;
     eprintln!("   sustainable rate ≈ {rate:.0} sends/s with {} pairs", pairs.len());
-    // The probe's last messages may still be on their way; the steps start from a quiet stack.
+    // The probe's last messages may still be on their way, and the workers may still be working
+    // through its backlog; the steps start from a quiet stack.
     recorder.wait_for("probe", probes).await?;
+    let probe_backlog = workers_caught_up(&infra.js).await?;
+    eprintln!(
+        "   the workers caught up {:.2} s after the probe's last delivery",
+        probe_backlog.as_secs_f64()
+    );
     let mut steps = serde_json::Map::new();
     let mut at_half = json!(null);
     let mut total_sent = 0usize;
@@ -332,6 +365,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         drive(&pairs, step_rate, total, label, &clock).await?;
         // Every message of the step must reach its recipient exactly once.
         recorder.wait_for(label, total).await?;
+        let backlog = workers_caught_up(&infra.js).await?;
         total_sent += total;
         let stats = summary(with_prefix(&recorder.lock().latencies, label));
         let acks = summary(with_prefix(&lock(&clock).ack_ms, label));
@@ -340,7 +374,8 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         }
         steps.insert(
             label.into(),
-            json!({ "rate": step_rate, "messages": total, "latencyMs": stats, "sendToAckMs": acks }),
+            json!({ "rate": step_rate, "messages": total, "latencyMs": stats, "sendToAckMs": acks,
+                    "workersCaughtUpSeconds": backlog.as_secs_f64() }),
         );
     }
     let (duplicates, disorder) = {
@@ -370,7 +405,8 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         raw_p99,
         3.0,
         "p99 ≤ 3× the raw round trip; nothing lost or duplicated (checked)",
-        json!({ "pairs": pairs.len(), "sustainableRate": rate, "steps": steps, "raw": raw_stats, "messages": total_sent }),
+        json!({ "pairs": pairs.len(), "sustainableRate": rate, "steps": steps, "raw": raw_stats, "messages": total_sent,
+                "workersCaughtUpAfterProbeSeconds": probe_backlog.as_secs_f64() }),
     )];
 
     // Notification lag under the same load, against the same raw round trip.
