@@ -191,6 +191,14 @@ pub async fn consumer_info(
         .ok()
 }
 
+/// Whether the durable consumer `name` on `stream` has acknowledged everything in it: nothing
+/// pending, nothing awaiting its ack. `false` while it cannot be read: for polling.
+pub async fn consumer_caught_up(js: &async_nats::jetstream::Context, stream: &str, name: &str) -> bool {
+    consumer_info(js, stream, name)
+        .await
+        .is_some_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+}
+
 /// Waits until the conversation of `project` exists in `db`.
 pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
     let store = db.store();

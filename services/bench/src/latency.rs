@@ -12,7 +12,9 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parley_test_support::sio::Client;
-use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, consumer_info, conversation_exists, token_for};
+use parley_test_support::{
+    ProjectFixture, TEST_JWT_SECRET, consumer_caught_up, conversation_exists, eventually, token_for,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -211,17 +213,10 @@ async fn workers_caught_up(js: &async_nats::jetstream::Context) -> anyhow::Resul
         let name = parley_nats::consumer_config(definition)?
             .durable_name
             .unwrap_or_default();
-        loop {
-            let info = consumer_info(js, definition.stream, &name).await;
-            if info.is_some_and(|info| info.num_pending == 0 && info.num_ack_pending == 0) {
-                break;
-            }
-            anyhow::ensure!(
-                started.elapsed() < TIMEOUT,
-                "{name} did not catch up within {TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("{name} to catch up"), TIMEOUT, || async {
+            consumer_caught_up(js, definition.stream, &name).await.then_some(())
+        })
+        .await;
     }
     Ok(started.elapsed())
 }

@@ -10,7 +10,9 @@ use futures::StreamExt;
 use parley_events::{Notification, ReadMarked, subjects};
 use parley_notification_worker::{Config, run};
 use parley_test_support::smtp::{SmtpServer, free_port};
-use parley_test_support::{NatsServer, ProjectFixture, consumer_info, eventually, publish_json, publish_message};
+use parley_test_support::{
+    NatsServer, ProjectFixture, consumer_caught_up, consumer_info, eventually, publish_json, publish_message,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -49,8 +51,9 @@ fn spawn_worker(config: Config) -> CancellationToken {
 /// Waits until the worker's message consumer has acknowledged everything in the chat stream.
 async fn caught_up(js: &jetstream::Context) {
     eventually("the notification consumer to catch up", PATIENCE, || async {
-        let info = consumer_info(js, parley_nats::CHAT_STREAM, "parley-notification-messages").await?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        consumer_caught_up(js, parley_nats::CHAT_STREAM, "parley-notification-messages")
+            .await
+            .then_some(())
     })
     .await;
 }

@@ -11,7 +11,8 @@ use parley_events::subjects;
 use parley_persistence_worker::{Config, run};
 use parley_store::{HistoryQuery, MessageRow};
 use parley_test_support::{
-    NatsServer, ProjectFixture, TestDatabase, consumer_info, conversation_exists, eventually, publish_message,
+    NatsServer, ProjectFixture, TestDatabase, consumer_caught_up, consumer_info, conversation_exists, eventually,
+    publish_message,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -324,8 +325,9 @@ async fn a_message_for_a_conversation_that_never_starts_is_dead_lettered_after_i
     assert!(letter.reason.contains("never started"), "{}", letter.reason);
     // Buried, then settled: it is no longer retried.
     eventually("the buried message to be settled", PATIENCE, || async {
-        let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
-        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        consumer_caught_up(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat")
+            .await
+            .then_some(())
     })
     .await;
     shutdown.cancel();
@@ -476,8 +478,9 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     .await;
     // Everything consumed, and the mark did not move back with the late 7.
     eventually("the read events to be acked", PATIENCE, || async {
-        let info = consumer_info(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat").await?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        consumer_caught_up(&env.js, parley_nats::CHAT_STREAM, "parley-persistence-chat")
+            .await
+            .then_some(())
     })
     .await;
     assert_eq!(store.read_mark(conversation, project.client()).await.unwrap(), 9);
