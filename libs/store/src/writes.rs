@@ -281,13 +281,8 @@ async fn add_unread<'a>(
     conn: &mut PgConnection,
     rows: impl IntoIterator<Item = &'a MessageRow>,
 ) -> Result<(), sqlx::Error> {
-    let (mut conversations, mut seqs, mut senders) = (Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
-        conversations.push(row.conversation_id);
-        seqs.push(row.seq);
-        senders.push(row.sender_id);
-    }
-    if conversations.is_empty() {
+    let columns = MessageColumns::of(rows);
+    if columns.ids.is_empty() {
         return Ok(());
     }
     sqlx::query!(
@@ -300,9 +295,9 @@ async fn add_unread<'a>(
                     GROUP BY conversation_id) n
             WHERE p.conversation_id = n.conversation_id
               AND NOT p.user_id = ALL (n.senders)"#,
-        &conversations,
-        &seqs,
-        &senders,
+        &columns.conversations,
+        &columns.seqs,
+        &columns.senders,
     )
     .execute(&mut *conn)
     .await?;
