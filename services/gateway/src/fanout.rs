@@ -16,8 +16,8 @@ use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use serde_json::json;
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketIo};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -141,9 +141,15 @@ pub fn emit_live(socket: &SocketRef, message: &Message) {
 }
 
 /// [`emit_live`] with the message already encoded, for a message going to several sockets: it is
-/// serialized once. A one-element tuple is the event's one argument, written as is.
+/// serialized once.
 fn emit_live_encoded(socket: &SocketRef, message: &Message, encoded: &RawValue) {
-    counted(socket.emit("message:new", &(encoded,)).is_ok(), message);
+    counted(emit_encoded_message(socket, encoded).is_ok(), message);
+}
+
+/// Emits a `message:new` whose payload is already JSON. A one-element tuple is the event's one
+/// argument, written as is (a bare value would not be wrapped with the event name).
+pub fn emit_encoded_message(socket: &SocketRef, encoded: &RawValue) -> Result<(), SendError> {
+    socket.emit("message:new", &(encoded,))
 }
 
 fn counted(sent: bool, message: &Message) {

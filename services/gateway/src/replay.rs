@@ -174,7 +174,7 @@ impl Feed {
         let (stream, consumer) = (reader.stream.clone(), reader.consumer.clone());
         let name = consumer.clone();
         let task = tokio::spawn(async move {
-            if Self::read(reader, &tx).await == Ended::Idle {
+            if Self::read_until_idle(reader, &tx).await {
                 // Nobody took from this feed for a while: free its buffer too, if it is the one
                 // parked (a join holding it is using it, and drops it itself).
                 let parked = slot.upgrade().and_then(|slot| {
@@ -195,17 +195,19 @@ impl Feed {
         }
     }
 
-    async fn read(mut reader: Reader, tx: &tokio::sync::mpsc::Sender<Result<Item, ApiError>>) -> Ended {
+    /// Reads into `tx` until the feed is dropped, an error is passed on, or it has waited
+    /// [`FEED_IDLE_TTL`] on a full buffer or a consumer with nothing new; `true` for the last.
+    async fn read_until_idle(mut reader: Reader, tx: &tokio::sync::mpsc::Sender<Result<Item, ApiError>>) -> bool {
         loop {
             let Ok(next) = tokio::time::timeout(FEED_IDLE_TTL, reader.messages.next()).await else {
-                return Ended::Idle;
+                return true;
             };
             let item = Self::item(next);
             let failed = item.is_err();
             match tokio::time::timeout(FEED_IDLE_TTL, tx.send(item)).await {
-                Err(_) => return Ended::Idle,
-                Ok(Err(_)) => return Ended::Dropped,
-                Ok(Ok(())) if failed => return Ended::Failed,
+                Err(_) => return true,
+                Ok(Err(_)) => return false,
+                Ok(Ok(())) if failed => return false,
                 Ok(Ok(())) => {}
             }
         }
@@ -235,16 +237,6 @@ impl Feed {
             .map_err(|_| ApiError::Unavailable("replay: the stream stopped answering".into()))?;
         Ok(received > 0)
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    /// Waited [`FEED_IDLE_TTL`] on a full buffer or a consumer with nothing new.
-    Idle,
-    /// The feed was dropped.
-    Dropped,
-    /// An error was passed on.
-    Failed,
 }
 
 /// Replays to `socket` every message of `conversation` with `seq > after_seq`, up to
@@ -313,12 +305,11 @@ impl Cursor<'_> {
         self.count(messages.len());
     }
 
-    /// Emits messages read from the stream, already encoded. A one-element tuple is the event's
-    /// one argument, written as is.
+    /// Emits messages read from the stream, already encoded.
     fn emit_encoded(&mut self, messages: &mut Vec<(i64, Box<RawValue>)>) {
         let sent = messages.len();
         for (seq, encoded) in messages.drain(..) {
-            let _ = self.socket.emit("message:new", &(encoded,));
+            let _ = crate::fanout::emit_encoded_message(self.socket, &encoded);
             self.through = self.through.max(seq);
         }
         self.count(sent);
