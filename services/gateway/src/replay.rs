@@ -11,6 +11,7 @@
 //! the next join from exactly there finds the next messages ready. A socket has at most one
 //! feed, holding at most [`READ_AHEAD`] encoded messages, for at most [`FEED_IDLE_TTL`] unused.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use parley_domain::Message;
-use parley_events::{MessagePosted, subjects};
+use parley_events::subjects;
 use parley_store::HistoryQuery;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use uuid::Uuid;
@@ -62,6 +63,47 @@ struct Replayed<'a> {
     created_at: DateTime<Utc>,
     client_msg_id: Option<&'a str>,
     replayed: bool,
+}
+
+/// A stream's `MessagePosted` as a replay reads it: the strings borrowed from the payload, so
+/// little is allocated for a message but its encoding. It accepts exactly the payloads
+/// `MessagePosted` does, which are the ones the persistence worker stores.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Posted<'a> {
+    id: Uuid,
+    conversation_id: Uuid,
+    project_id: Uuid,
+    sender_id: Uuid,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+    #[serde(with = "parley_domain::model::rfc3339")]
+    created_at: DateTime<Utc>,
+    #[serde(borrow)]
+    client_msg_id: Option<Cow<'a, str>>,
+    /// Not sent; required as `MessagePosted` requires it.
+    #[serde(rename = "participants")]
+    _participants: Vec<Uuid>,
+}
+
+impl<'a> Replayed<'a> {
+    fn of_posted(posted: &'a Posted<'a>, seq: i64) -> Self {
+        Replayed {
+            id: posted.id,
+            conversation_id: posted.conversation_id,
+            project_id: posted.project_id,
+            sender_id: posted.sender_id,
+            body: &posted.body,
+            seq,
+            created_at: posted.created_at,
+            client_msg_id: posted.client_msg_id.as_deref(),
+            replayed: true,
+        }
+    }
+
+    fn encode(&self) -> Option<Box<RawValue>> {
+        crate::fanout::encode_message(self, self.body, self.client_msg_id)
+    }
 }
 
 impl<'a> From<&'a Message> for Replayed<'a> {
@@ -223,9 +265,9 @@ impl Feed {
             .info()
             .map_err(|e| ApiError::Unavailable(format!("replay: {e}")))?;
         let seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
-        let encoded = serde_json::from_slice::<MessagePosted>(&message.payload)
+        let encoded = serde_json::from_slice::<Posted>(&message.payload)
             .ok()
-            .and_then(|event| serde_json::value::to_raw_value(&Replayed::from(&event.into_message(seq as u64))).ok());
+            .and_then(|posted| Replayed::of_posted(&posted, seq).encode());
         Ok(Item { seq, encoded })
     }
 

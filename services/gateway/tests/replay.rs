@@ -177,6 +177,58 @@ async fn join_without_last_seq_replays_above_the_callers_read_mark() {
 }
 
 #[tokio::test]
+async fn a_replay_sends_bodies_and_timestamps_exactly_and_skips_what_is_not_a_message() {
+    let stack = stack(1).await;
+    let project = stack.project("Exact replay").await;
+    let conversation = project.conversation_id();
+    let subject = subjects::conversation_messages(conversation);
+    let publish = |payload: Vec<u8>| {
+        let (js, subject) = (stack.js.clone(), subject.clone());
+        async move {
+            js.publish(subject, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence as i64
+        }
+    };
+    // Escapes of every kind, which cannot be borrowed from the payload as they are.
+    let mut escaped = project.message(project.provider(), "\"quoted\" back\\slash\nnew line\ttab é 🎉 \u{1}");
+    escaped.client_msg_id = Some("client \"id\" \\ é".to_owned());
+    let escaped_seq = publish(serde_json::to_vec(&escaped).unwrap()).await;
+    publish(b"not json".to_vec()).await;
+    let mut without_participants =
+        serde_json::to_value(project.message(project.provider(), "no participants")).unwrap();
+    without_participants.as_object_mut().unwrap().remove("participants");
+    publish(serde_json::to_vec(&without_participants).unwrap()).await;
+    let mut bad_id = serde_json::to_value(project.message(project.provider(), "bad id")).unwrap();
+    bad_id["id"] = json!("not-a-uuid");
+    publish(serde_json::to_vec(&bad_id).unwrap()).await;
+    // A timestamp with an offset and more digits than milliseconds is sent in UTC, to the ms.
+    let plain = project.message(project.client(), "plain");
+    let mut offset = serde_json::to_value(&plain).unwrap();
+    offset["createdAt"] = json!("2026-11-25T12:42:44.123456+02:00");
+    let plain_seq = publish(serde_json::to_vec(&offset).unwrap()).await;
+
+    let mut socket = stack.socket(0, project.client()).await;
+    let (ack, replayed) = join_collect(&mut socket, conversation, Some(0)).await;
+    assert_eq!(ack["complete"], true, "{ack}");
+    assert_eq!(seqs(&replayed), vec![escaped_seq, plain_seq]);
+    assert_eq!(
+        replayed[0],
+        json!({ "id": escaped.id, "conversationId": conversation, "projectId": project.event.project_id,
+                "senderId": project.provider(), "body": escaped.body, "seq": escaped_seq,
+                "createdAt": serde_json::to_value(&escaped).unwrap()["createdAt"],
+                "clientMsgId": escaped.client_msg_id, "replayed": true })
+    );
+    assert_eq!(replayed[1]["id"], json!(plain.id));
+    assert_eq!(replayed[1]["body"], "plain");
+    assert_eq!(replayed[1]["clientMsgId"], Value::Null);
+    assert_eq!(replayed[1]["createdAt"], "2026-11-25T10:42:44.123Z");
+}
+
+#[tokio::test]
 async fn replay_serves_what_the_stream_dropped_from_postgres_and_the_rest_from_the_stream() {
     let stack = stack(1).await;
     let project = stack.project("Old history").await;
