@@ -95,73 +95,65 @@ impl Store {
             .next())
     }
 
+    /// One query, a row per conversation and participant: a conversation read costs one round
+    /// trip, and a join's ack waits on it.
     async fn load_conversations(&self, user_id: Uuid, only: Option<Uuid>) -> Result<Vec<Conversation>, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT c.id, c.project_id, c.project_title, c.status, c.updated_at,
                       c.last_message_id, c.last_message_seq, c.last_message_sender,
                       c.last_message_preview, c.last_message_at,
-                      me.unread_count
+                      me.unread_count,
+                      p.user_id AS participant_id, p.role, p.display_name, p.last_read_seq
                  FROM participants me
                  JOIN conversations c ON c.id = me.conversation_id
+                 JOIN participants p ON p.conversation_id = c.id
                 WHERE me.user_id = $1 AND ($2::uuid IS NULL OR c.id = $2)
-                ORDER BY c.updated_at DESC, c.id"#,
+                ORDER BY c.updated_at DESC, c.id, p.role"#,
             user_id,
             only,
         )
         .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        let mut conversations: Vec<Conversation> = Vec::new();
+        for r in rows {
+            let participant = Participant {
+                user_id: r.participant_id,
+                role: role_of(&r.role),
+                display_name: r.display_name,
+                last_read_seq: r.last_read_seq,
+            };
+            // Rows come grouped by conversation: a new id starts the next one.
+            if let Some(current) = conversations.last_mut().filter(|c| c.id == r.id) {
+                current.participants.push(participant);
+                continue;
+            }
+            let last_message = match (
+                r.last_message_id,
+                r.last_message_seq,
+                r.last_message_sender,
+                r.last_message_at,
+            ) {
+                (Some(id), Some(seq), Some(sender_id), Some(created_at)) => Some(LastMessage {
+                    id,
+                    sender_id,
+                    preview: r.last_message_preview.unwrap_or_default(),
+                    seq,
+                    created_at,
+                }),
+                _ => None,
+            };
+            conversations.push(Conversation {
+                id: r.id,
+                project_id: r.project_id,
+                project_title: r.project_title,
+                status: status_of(&r.status),
+                participants: vec![participant],
+                last_message,
+                unread_count: r.unread_count,
+                updated_at: r.updated_at,
+            });
         }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let people = sqlx::query!(
-            r#"SELECT conversation_id, user_id, role, display_name, last_read_seq
-                 FROM participants WHERE conversation_id = ANY($1)
-                ORDER BY conversation_id, role"#,
-            &ids,
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let participants = people
-                    .iter()
-                    .filter(|p| p.conversation_id == r.id)
-                    .map(|p| Participant {
-                        user_id: p.user_id,
-                        role: role_of(&p.role),
-                        display_name: p.display_name.clone(),
-                        last_read_seq: p.last_read_seq,
-                    })
-                    .collect();
-                let last_message = match (
-                    r.last_message_id,
-                    r.last_message_seq,
-                    r.last_message_sender,
-                    r.last_message_at,
-                ) {
-                    (Some(id), Some(seq), Some(sender_id), Some(created_at)) => Some(LastMessage {
-                        id,
-                        sender_id,
-                        preview: r.last_message_preview.clone().unwrap_or_default(),
-                        seq,
-                        created_at,
-                    }),
-                    _ => None,
-                };
-                Conversation {
-                    id: r.id,
-                    project_id: r.project_id,
-                    project_title: r.project_title,
-                    status: status_of(&r.status),
-                    participants,
-                    last_message,
-                    unread_count: r.unread_count,
-                    updated_at: r.updated_at,
-                }
-            })
-            .collect())
+        Ok(conversations)
     }
 
     /// A page of the conversation's history; the caller must have checked access.

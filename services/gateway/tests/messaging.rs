@@ -480,6 +480,12 @@ async fn the_conversation_list_shows_title_people_preview_and_unread_count_lates
         &json!({ "userId": older.provider(), "role": "provider", "displayName": "Provider", "lastReadSeq": 0 })
     ));
     assert_eq!(conversations[1]["id"], json!(newer.conversation_id()));
+    let people = conversations[1]["participants"].as_array().unwrap();
+    assert_eq!(people.len(), 2, "each conversation has its own two participants");
+    assert!(people.contains(&json!({ "userId": client, "role": "client", "displayName": "Client", "lastReadSeq": 0 })));
+    assert!(people.contains(
+        &json!({ "userId": newer.provider(), "role": "provider", "displayName": "Provider", "lastReadSeq": 0 })
+    ));
     assert_eq!(conversations[1]["lastMessage"], Value::Null);
     assert_eq!(conversations[1]["unreadCount"], 0);
 
