@@ -420,16 +420,29 @@ impl Cursor<'_> {
             }
         };
 
-        // 2. The rest, from the stream, up to its last message for this conversation now.
-        let last = match stream.direct_get_last_for_subject(subject.clone()).await {
+        // 2. The rest, from the stream, up to its last message for this conversation now. What a
+        // parked feed holds goes out while the stream is asked for that: every message it holds
+        // was stored before this join began, so none is past the last.
+        let lookup = stream.direct_get_last_for_subject(subject.clone());
+        let (last, early) = match parked.as_mut() {
+            Some(feed) => {
+                let (last, early) = tokio::join!(lookup, async { self.emit_ready(feed, upper) });
+                (last, early?)
+            }
+            None => (lookup.await, None),
+        };
+        let last = match last {
             Ok(message) => i64::try_from(message.sequence).unwrap_or(i64::MAX),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((true, None)),
             Err(e) => return Err(unavailable("last message", &e)),
         };
         let end = last.min(upper);
         tracing::debug!(%conversation, start, end, parked = parked.is_some(), "replay from the stream");
-        if start > end {
+        if start > end || self.through >= end || early == Some(true) {
             return Ok((true, None));
+        }
+        if early == Some(false) {
+            return Ok((false, parked));
         }
         loop {
             let mut feed = match parked.take() {
@@ -453,6 +466,19 @@ impl Cursor<'_> {
                 None => tracing::debug!(%conversation, through = self.through, "replay feed ended; reading afresh"),
             }
         }
+    }
+
+    /// Emits what the feed already holds, without waiting, up to `upper` and as much as the
+    /// replay has room for; returns what [`Self::take`] said last (`None`: go on).
+    fn emit_ready(&mut self, feed: &mut Feed, upper: i64) -> Result<Option<bool>, ApiError> {
+        let mut ready = Vec::with_capacity(READ_AHEAD);
+        let mut outcome = None;
+        while outcome.is_none() {
+            let Ok(item) = feed.items.try_recv() else { break };
+            outcome = self.take(item?, upper, &mut ready);
+        }
+        self.emit_encoded(&mut ready);
+        Ok(outcome)
     }
 
     /// Emits what the feed gives up to `end`, chunk by chunk; returns whether the range was

@@ -299,10 +299,22 @@ async fn a_replay_stops_at_a_thousand_and_says_it_is_incomplete() {
 
 #[tokio::test]
 async fn paging_through_a_long_backlog_gets_every_message_once_even_with_a_live_one_between_pages() {
+    page_with_a_live_message_between_pages(2500).await;
+}
+
+#[tokio::test]
+async fn a_live_message_the_read_ahead_already_holds_is_not_replayed_on_the_next_page() {
+    page_with_a_live_message_between_pages(1200).await;
+}
+
+/// Pages through `backlog` messages with one sent live after the first page. With a backlog
+/// that leaves the first page's read-ahead room, the feed reads the live message too before the
+/// next join (it is waited for), and that join must stop short of it.
+async fn page_with_a_live_message_between_pages(backlog: usize) {
     let stack = stack(1).await;
     let project = stack.project("Long backlog").await;
     let conversation = project.conversation_id();
-    publish_backlog(&stack.js, &project, 2500).await;
+    publish_backlog(&stack.js, &project, backlog).await;
     let mut socket = stack.socket(0, project.client()).await;
     let (ack, first) = join_collect(&mut socket, conversation, Some(0)).await;
     assert_eq!(
@@ -316,6 +328,10 @@ async fn paging_through_a_long_backlog_gets_every_message_once_even_with_a_live_
     let (name, data) = socket.next_event(WAIT).await.expect("the live message");
     assert_eq!((name.as_str(), &data["id"]), ("message:new", &live["id"]));
     assert!(data.get("replayed").is_none(), "{data}");
+    let live_seq = live["seq"].as_i64().unwrap();
+    if backlog < 1500 {
+        replay_consumer_delivered(&stack.js, live_seq as u64).await;
+    }
 
     let mut replayed = seqs(&first);
     loop {
@@ -326,13 +342,29 @@ async fn paging_through_a_long_backlog_gets_every_message_once_even_with_a_live_
         }
         assert_eq!(ack["replayed"], 1000, "{ack}");
     }
-    assert_eq!(replayed.len(), 2500, "every backlog message, none twice");
+    assert_eq!(replayed.len(), backlog, "every backlog message, none twice");
     assert!(replayed.windows(2).all(|w| w[0] < w[1]), "in order");
-    let live_seq = live["seq"].as_i64().unwrap();
     assert!(
         replayed.iter().all(|seq| *seq < live_seq),
         "the live message is not replayed"
     );
+}
+
+/// Waits until the (one) replay consumer has handed the gateway stream sequence `seq`.
+async fn replay_consumer_delivered(js: &jetstream::Context, seq: u64) {
+    let stream = js.get_stream(parley_nats::CHAT_STREAM).await.unwrap();
+    parley_test_support::eventually("the read-ahead to reach the live message", WAIT, || async {
+        let mut names = stream.consumer_names();
+        while let Some(name) = futures::StreamExt::next(&mut names).await {
+            let name = name.ok()?;
+            if name.starts_with("parley-replay-") {
+                let info = stream.consumer_info(&name).await.ok()?;
+                return (info.delivered.stream_sequence >= seq).then_some(());
+            }
+        }
+        None
+    })
+    .await;
 }
 
 #[tokio::test]
