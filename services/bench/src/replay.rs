@@ -134,6 +134,7 @@ async fn warm_up(infra: &Infra, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The middle of `values` (the upper one of the two middles for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
