@@ -471,21 +471,13 @@ impl Cursor<'_> {
     /// Emits what the feed already holds, without waiting, up to `upper` and as much as the
     /// replay has room for; returns what [`Self::take`] said last (`None`: go on).
     fn emit_ready(&mut self, feed: &mut Feed, upper: i64) -> Result<Option<bool>, ApiError> {
-        let mut ready = Vec::with_capacity(READ_AHEAD);
-        let mut outcome = None;
-        while outcome.is_none() {
-            let Ok(item) = feed.items.try_recv() else { break };
-            outcome = self.take(item?, upper, &mut ready);
-        }
-        self.emit_encoded(&mut ready);
-        Ok(outcome)
+        self.emit_items(std::iter::from_fn(|| feed.items.try_recv().ok()), upper)
     }
 
     /// Emits what the feed gives up to `end`, chunk by chunk; returns whether the range was
     /// complete (`false`: the replay is full), or `None` if the feed ended first.
     async fn drain(&mut self, feed: &mut Feed, end: i64) -> Result<Option<bool>, ApiError> {
         let mut items = Vec::with_capacity(EMIT_CHUNK);
-        let mut ready = Vec::with_capacity(EMIT_CHUNK);
         loop {
             // Never more than the replay has room for: what is left stays in the feed.
             if !feed
@@ -494,18 +486,30 @@ impl Cursor<'_> {
             {
                 return Ok(None);
             }
-            let mut outcome = None;
-            for item in items.drain(..) {
-                outcome = self.take(item?, end, &mut ready);
-                if outcome.is_some() {
-                    break;
-                }
-            }
-            self.emit_encoded(&mut ready);
+            let outcome = self.emit_items(items.drain(..), end)?;
             if outcome.is_some() {
                 return Ok(outcome);
             }
         }
+    }
+
+    /// Takes `items` until [`Self::take`] says the range is done or full, then emits them
+    /// together; returns what it said last (`None`: go on).
+    fn emit_items(
+        &mut self,
+        items: impl Iterator<Item = Result<Item, ApiError>>,
+        end: i64,
+    ) -> Result<Option<bool>, ApiError> {
+        let mut ready = Vec::new();
+        let mut outcome = None;
+        for item in items {
+            outcome = self.take(item?, end, &mut ready);
+            if outcome.is_some() {
+                break;
+            }
+        }
+        self.emit_encoded(&mut ready);
+        Ok(outcome)
     }
 
     /// Takes one message of the range into `ready`. Returns `Some(complete)` once the range is
