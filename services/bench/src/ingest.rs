@@ -147,7 +147,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "inFlight": in_flight,
         "bodyChars": crate::persistence::BODY_CHARS,
         "gateway": gateway_run.summary(),
-        "gatewayPublishAckMillisMean": publish_ack_mean_ms(&metrics_before, &metrics_after),
+        "gatewayPublishAck": publish_ack_between(&metrics_before, &metrics_after),
         "raw": {
             "inFlight": in_flight,
             "before": raw_before.summary(),
@@ -177,13 +177,44 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     )])
 }
 
-/// The gateway's own mean wait for JetStream's publish ack between two scrapes of its `/metrics`:
-/// compared with the client's ack time, it tells how much of a send is the publish.
-fn publish_ack_mean_ms(before: &str, after: &str) -> Option<f64> {
+/// The gateway's own wait for JetStream's publish ack between two scrapes of its `/metrics`: its
+/// mean, and the share of publishes acknowledged within each bucket's bound. Compared with the
+/// client's ack time, it tells how much of a send is the publish.
+pub(crate) fn publish_ack_between(before: &str, after: &str) -> Value {
+    const NAME: &str = "parley_gateway_publish_ack_seconds";
     let delta = |name: &str| Some(metric(after, name)? - metric(before, name).unwrap_or(0.0));
-    let sum = delta("parley_gateway_publish_ack_seconds_sum")?;
-    let count = delta("parley_gateway_publish_ack_seconds_count")?;
-    (count > 0.0).then(|| sum / count * 1e3)
+    let (Some(sum), Some(count)) = (delta(&format!("{NAME}_sum")), delta(&format!("{NAME}_count"))) else {
+        return json!(null);
+    };
+    if count <= 0.0 {
+        return json!(null);
+    }
+    let buckets = |text: &str| -> Vec<(String, f64)> {
+        let prefix = format!("{NAME}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|line| {
+                let (bound, value) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+                Some((bound.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let earlier = buckets(before);
+    // Cumulative shares in the exposition's (ascending) order, up to the first bound that holds
+    // every publish of the interval.
+    let mut within = Vec::new();
+    for (bound, value) in buckets(after) {
+        // `+Inf` parses as infinity; it holds everything and says nothing.
+        let Some(seconds) = bound.parse::<f64>().ok().filter(|s| s.is_finite()) else {
+            continue;
+        };
+        let was = earlier.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, v)| *v);
+        let share = (value - was) / count;
+        within.push(json!({ "ms": seconds * 1e3, "share": share }));
+        if share >= 1.0 {
+            break;
+        }
+    }
+    json!({ "count": count, "meanMs": sum / count * 1e3, "shareWithin": within })
 }
 
 /// `count` events like the gateway's, published straight to JetStream.

@@ -5,6 +5,7 @@
 
 pub mod figure;
 pub mod fleet;
+pub mod histogram;
 pub mod idle;
 pub mod ingest;
 pub mod latency;

@@ -79,6 +79,11 @@ pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
         ));
     }
     md.push_str("\nDetails (percentiles, sizes, checks) are in `report.json`.\n");
+    for f in figures {
+        if let Some(picture) = f.details["picture"].as_str() {
+            md.push_str(&format!("\n![{}]({picture})\n", f.name));
+        }
+    }
     let path = context.out.join("report.md");
     std::fs::write(&path, md)?;
     Ok(path)
