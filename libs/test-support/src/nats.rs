@@ -43,6 +43,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
         let child = Command::new(binary())

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::figure::percentile;
 use crate::fleet::Fleet;
 use crate::persistence::{body, create_conversations, drop_databases, metric, publish_all, scrape, stream_messages};
-use crate::stack::{self, Infra};
+use crate::stack::{self, CpuMeter, Infra};
 use crate::{Context, Figure};
 
 /// Conversations, and Socket.IO clients: one per conversation, its client party sending.
@@ -80,7 +80,11 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         .collect();
     create_conversations(&infra.db, &fixtures).await?;
 
+    let nats_pid = infra.nats.pid().unwrap_or(0);
+    let bench_pid = std::process::id();
+    let meter = CpuMeter::start(&[("nats-server", nats_pid), ("bench", bench_pid)]);
     let raw_before = raw_publish(&infra.js, &fixtures, sends, in_flight).await?;
+    let raw_before_cpu = meter.finish(sends);
     eprintln!(
         "   raw publish: {sends} in {:.2} s ({:.0}/s)",
         raw_before.elapsed.as_secs_f64(),
@@ -112,7 +116,13 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
 
     let before = stream_messages(&infra.js, parley_nats::CHAT_STREAM).await?;
     let metrics_before = scrape(addr).await;
+    let meter = CpuMeter::start(&[
+        ("gateway", gateway.child.id()),
+        ("nats-server", nats_pid),
+        ("bench", bench_pid),
+    ]);
     let gateway_run = socket_sends(&clients, &fixtures, sends).await?;
+    let gateway_cpu = meter.finish(sends);
     let metrics_after = scrape(addr).await;
     let after = stream_messages(&infra.js, parley_nats::CHAT_STREAM).await?;
     ensure!(
@@ -135,7 +145,9 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     drop(clients);
     drop(gateway);
 
+    let meter = CpuMeter::start(&[("nats-server", nats_pid), ("bench", bench_pid)]);
     let raw_after = raw_publish(&infra.js, &fixtures, sends, in_flight).await?;
+    let raw_after_cpu = meter.finish(sends);
     eprintln!("   raw publish again: {:.0}/s", raw_after.rate());
     let raw_rate = raw_before.rate().max(raw_after.rate());
     drop_databases(&[&infra.db]).await;
@@ -147,11 +159,14 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "inFlight": in_flight,
         "bodyChars": crate::persistence::BODY_CHARS,
         "gateway": gateway_run.summary(),
+        "cpuAtFigure": gateway_cpu,
         "gatewayPublishAck": publish_ack_between(&metrics_before, &metrics_after),
         "raw": {
             "inFlight": in_flight,
             "before": raw_before.summary(),
+            "beforeCpu": raw_before_cpu,
             "after": raw_after.summary(),
+            "afterCpu": raw_after_cpu,
             "baseline": "the better of before (no gateway yet) and after (gateway stopped)",
         },
         "http": {

@@ -25,7 +25,7 @@ use crate::fleet::Fleet;
 use crate::histogram::{self, Series};
 use crate::ingest::publish_ack_between;
 use crate::persistence::scrape;
-use crate::stack::{Infra, ready};
+use crate::stack::{CpuMeter, Infra, ready};
 use crate::{Context, Figure};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,9 +375,16 @@ async fn watch_notifications(
 
 pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let infra = Infra::start().await?;
-    let (_gateway, addr) = infra.gateway(context)?;
-    let _persistence = infra.worker(context, "parley-persistence-worker", &[])?;
-    let _notification = infra.worker(context, "parley-notification-worker", &[])?;
+    let (gateway, addr) = infra.gateway(context)?;
+    let persistence = infra.worker(context, "parley-persistence-worker", &[])?;
+    let notification = infra.worker(context, "parley-notification-worker", &[])?;
+    let processes = [
+        ("gateway", gateway.child.id()),
+        ("nats-server", infra.nats.pid().unwrap_or(0)),
+        ("persistence-worker", persistence.child.id()),
+        ("notification-worker", notification.child.id()),
+        ("bench", std::process::id()),
+    ];
     ready(addr).await?;
     let url = format!("http://{addr}");
     let pairs_wanted = context.size(1000, 1000);
@@ -427,13 +434,16 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     );
     let mut steps = serde_json::Map::new();
     let mut at_half = json!(null);
+    let mut cpu_at_half = json!(null);
     let mut total_sent = 0usize;
     let mut pictured = Vec::new();
     for (label, share) in [("10pct", 0.1), ("50pct", 0.5), ("80pct", 0.8)] {
         let step_rate = rate * share;
         let total = ((step_rate * seconds_per_step) as usize).max(100);
         let metrics_before = scrape(addr).await;
+        let meter = CpuMeter::start(&processes);
         drive(&pairs, step_rate, total, label, &clock).await?;
+        let cpu = meter.finish(total);
         let publish_ack = publish_ack_between(&metrics_before, &scrape(addr).await);
         // Every message of the step must reach its recipient exactly once.
         recorder.wait_for(label, total).await?;
@@ -448,11 +458,12 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         let acks = summary(with_prefix(&lock(&clock).ack_ms, label));
         if label == "50pct" {
             at_half = stats.clone();
+            cpu_at_half = cpu.clone();
         }
         steps.insert(
             label.into(),
             json!({ "rate": step_rate, "messages": total, "latencyMs": stats, "sendToAckMs": acks,
-                    "gatewayPublishAck": publish_ack,
+                    "gatewayPublishAck": publish_ack, "cpu": cpu,
                     "workersCaughtUpSeconds": backlog.as_secs_f64() }),
         );
     }
@@ -500,6 +511,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         json!({ "pairs": pairs.len(), "sustainableRate": rate,
                 "sustainableRateProbe": "closed loop: each pair sends its next once the last reached its recipient",
                 "steps": steps, "raw": raw_stats, "messages": total_sent, "picture": PICTURE,
+                "cpuAtFigure": cpu_at_half,
                 "workersCaughtUpAfterProbeSeconds": probe_backlog.as_secs_f64() }),
     )];
 

@@ -79,6 +79,26 @@ pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
         ));
     }
     md.push_str("\nDetails (percentiles, sizes, checks) are in `report.json`.\n");
+    let mut cpu_lines = String::new();
+    for f in figures {
+        if let Some(cpu) = f.details["cpuAtFigure"].as_object() {
+            let used: Vec<String> = cpu
+                .iter()
+                .map(|(process, used)| {
+                    format!(
+                        "{process} {:.2} cores ({:.1} µs per message)",
+                        used["cores"].as_f64().unwrap_or(0.0),
+                        used["microsPerMessage"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            cpu_lines.push_str(&format!("- {}: {}\n", f.name, used.join(", ")));
+        }
+    }
+    if !cpu_lines.is_empty() {
+        md.push_str("\nWhere the CPU went while each figure was measured (every process shares the same cores):\n\n");
+        md.push_str(&cpu_lines);
+    }
     for f in figures {
         if let Some(picture) = f.details["picture"].as_str() {
             md.push_str(&format!("\n![{}]({picture})\n", f.name));

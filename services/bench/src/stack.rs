@@ -113,3 +113,77 @@ pub async fn ready(addr: SocketAddr) -> anyhow::Result<()> {
     }
     anyhow::bail!("{addr} never became ready")
 }
+
+/// CPU time a process has used so far (user and system, every thread, living or gone), in
+/// seconds; `None` once it is gone. `/proc/<pid>/stat` counts in USER_HZ ticks, which Linux fixes
+/// at 100 per second for user space whatever the kernel's own tick.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; count from after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, the 12th and 13th after the name.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Where the CPU went while something ran: each named process's share of a core and its CPU
+/// time per message. On a small machine every process of the stack and the bench share the
+/// same cores, so this says what a figure is bound by.
+pub struct CpuMeter {
+    started: std::time::Instant,
+    processes: Vec<(&'static str, u32, f64)>,
+}
+
+impl CpuMeter {
+    pub fn start(processes: &[(&'static str, u32)]) -> CpuMeter {
+        CpuMeter {
+            started: std::time::Instant::now(),
+            processes: processes
+                .iter()
+                .filter_map(|&(name, pid)| Some((name, pid, cpu_seconds(pid)?)))
+                .collect(),
+        }
+    }
+
+    /// `{ name: { cores, microsPerMessage } }` since `start`.
+    pub fn finish(&self, messages: usize) -> serde_json::Value {
+        let wall = self.started.elapsed().as_secs_f64();
+        let mut used = serde_json::Map::new();
+        for &(name, pid, before) in &self.processes {
+            let Some(after) = cpu_seconds(pid) else { continue };
+            let seconds = after - before;
+            used.insert(
+                name.into(),
+                serde_json::json!({
+                    "cores": seconds / wall,
+                    "microsPerMessage": seconds * 1e6 / messages.max(1) as f64,
+                }),
+            );
+        }
+        serde_json::Value::Object(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_grow_with_the_work_a_process_does() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("this process has a /proc entry");
+        // Spin until the count moves by 50 ms; the bound only stops a broken reading (one that
+        // never moves) from hanging, however loaded the machine is.
+        let bound = std::time::Instant::now() + Duration::from_secs(60);
+        let mut x = 0u64;
+        let mut now = before;
+        while now - before < 0.05 && std::time::Instant::now() < bound {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            now = cpu_seconds(pid).expect("still running");
+        }
+        assert!(now - before >= 0.05, "CPU time stayed at {before} s while spinning");
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
+}
