@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::figure::percentile;
 use crate::fleet::Fleet;
-use crate::persistence::{body, create_conversations, drop_databases, metric, publish_all, scrape, stream_messages};
+use crate::persistence::{body, create_conversations, drop_databases, publish_all, stream_messages};
+use crate::scrape::{publish_ack_between, scrape};
 use crate::stack::{self, CpuMeter, Infra};
 use crate::{Context, Figure};
 
@@ -190,46 +191,6 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "≥ 50% of the raw rate",
         details,
     )])
-}
-
-/// The gateway's own wait for JetStream's publish ack between two scrapes of its `/metrics`: its
-/// mean, and the share of publishes acknowledged within each bucket's bound. Compared with the
-/// client's ack time, it tells how much of a send is the publish.
-pub(crate) fn publish_ack_between(before: &str, after: &str) -> Value {
-    const NAME: &str = "parley_gateway_publish_ack_seconds";
-    let delta = |name: &str| Some(metric(after, name)? - metric(before, name).unwrap_or(0.0));
-    let (Some(sum), Some(count)) = (delta(&format!("{NAME}_sum")), delta(&format!("{NAME}_count"))) else {
-        return json!(null);
-    };
-    if count <= 0.0 {
-        return json!(null);
-    }
-    let buckets = |text: &str| -> Vec<(String, f64)> {
-        let prefix = format!("{NAME}_bucket{{le=\"");
-        text.lines()
-            .filter_map(|line| {
-                let (bound, value) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
-                Some((bound.to_owned(), value.parse().ok()?))
-            })
-            .collect()
-    };
-    let earlier = buckets(before);
-    // Cumulative shares in the exposition's (ascending) order, up to the first bound that holds
-    // every publish of the interval.
-    let mut within = Vec::new();
-    for (bound, value) in buckets(after) {
-        // `+Inf` parses as infinity; it holds everything and says nothing.
-        let Some(seconds) = bound.parse::<f64>().ok().filter(|s| s.is_finite()) else {
-            continue;
-        };
-        let was = earlier.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, v)| *v);
-        let share = (value - was) / count;
-        within.push(json!({ "ms": seconds * 1e3, "share": share }));
-        if share >= 1.0 {
-            break;
-        }
-    }
-    json!({ "count": count, "meanMs": sum / count * 1e3, "shareWithin": within })
 }
 
 /// `count` events like the gateway's, published straight to JetStream.

@@ -23,8 +23,7 @@ use tokio::task::JoinSet;
 use crate::figure::percentile;
 use crate::fleet::Fleet;
 use crate::histogram::{self, Series};
-use crate::ingest::publish_ack_between;
-use crate::persistence::scrape;
+use crate::scrape::{publish_ack_between, scrape};
 use crate::stack::{CpuMeter, Infra, ready};
 use crate::{Context, Figure};
 

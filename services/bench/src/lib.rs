@@ -12,6 +12,7 @@ pub mod latency;
 pub mod persistence;
 pub mod replay;
 pub mod report;
+pub mod scrape;
 pub mod stack;
 
 use std::path::PathBuf;

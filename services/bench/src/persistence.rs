@@ -32,6 +32,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use crate::scrape::{metric, scrape};
 use crate::stack::Infra;
 use crate::{Context, Figure};
 
@@ -504,21 +505,6 @@ async fn worker_metrics(admin: std::net::SocketAddr, wall: Duration) -> serde_js
         "persisted": value("parley_persistence_messages_persisted_total"),
         "duplicates": value("parley_persistence_duplicates_total"),
     })
-}
-
-/// The Prometheus text of `GET /metrics` on `addr` (empty if it does not answer).
-pub(crate) async fn scrape(addr: std::net::SocketAddr) -> String {
-    parley_test_support::http::request(addr, "GET", "/metrics", None, None)
-        .await
-        .raw
-}
-
-/// The value of the first sample of `name` (any labels) in Prometheus text.
-pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
 }
 
 /// How long after `started` the real worker's chat consumer (which the worker creates at start-up)

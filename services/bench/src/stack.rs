@@ -118,7 +118,11 @@ pub async fn ready(addr: SocketAddr) -> anyhow::Result<()> {
 /// seconds; `None` once it is gone. `/proc/<pid>/stat` counts in USER_HZ ticks, which Linux fixes
 /// at 100 per second for user space whatever the kernel's own tick.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_seconds_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of one `/proc/<pid>/stat` line, in seconds.
+fn cpu_seconds_in(stat: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may hold spaces; count from after it.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, the 12th and 13th after the name.
@@ -167,6 +171,15 @@ impl CpuMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_seconds_add_user_and_system_ticks_whatever_the_command_name_holds() {
+        // Fields 14 and 15 (utime 250, stime 37); the name holds a space and a parenthesis.
+        let line = "4242 (tokio rt) x) S 1 4242 4242 0 -1 4194560 1811 99 7 3 250 37 5 6 20 0 9 0 1234 5 6";
+        assert_eq!(cpu_seconds_in(line), Some(2.87));
+        assert_eq!(cpu_seconds_in("4242 (cut short) S 1 2"), None);
+        assert_eq!(cpu_seconds_in("no name at all"), None);
+    }
 
     #[test]
     fn cpu_seconds_grow_with_the_work_a_process_does() {
