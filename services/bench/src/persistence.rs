@@ -46,9 +46,9 @@ const PREFILL_IN_FLIGHT: usize = 4096;
 const WORKER_BATCH_SIZE: usize = 5000;
 /// The naive worker's durable consumer on `PARLEY_CHAT`.
 const NAIVE_CONSUMER: &str = "bench-naive-persistence";
-/// How often the real worker's progress is polled. The worker drains 50k messages in well under a second, so its end is watched closely: a
-/// coarser poll adds up to its whole period to the time measured. Each poll reads one row of
-/// the (few) conversations.
+/// How often the real worker's progress is polled. The worker drains 50k messages in well under
+/// a second, so its end is watched closely: a coarser poll adds up to its whole period to the
+/// time measured. Each poll reads one row of the (few) conversations.
 const POLL: Duration = Duration::from_millis(5);
 /// Polls between two `count(*)`s while the conversations do not show the last message yet.
 const POLLS_PER_COUNT: u32 = 200;
@@ -175,14 +175,15 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let first_delivery = delivering
         .await?
         .context("the persistence worker's consumer delivered nothing")?;
-    let worker_rate = n as f64 / (worker_time - first_delivery).as_secs_f64();
+    let drain = worker_time - first_delivery;
+    let worker_rate = n as f64 / drain.as_secs_f64();
     // Steady rate: from the first row seen, without the process's start.
     let first_row = first_row.unwrap_or(worker_time);
     let steady_rate = n as f64 / (worker_time - first_row).as_secs_f64().max(POLL.as_secs_f64());
-    let worker_metrics = worker_metrics(admin, worker_time - first_delivery).await;
+    let worker_metrics = worker_metrics(admin, drain).await;
     eprintln!(
         "   worker: {n} in {:.2} s from its first delivery ({worker_rate:.0}/s; {:.2} s, {spawn_rate:.0}/s from its spawn)",
-        (worker_time - first_delivery).as_secs_f64(),
+        drain.as_secs_f64(),
         worker_time.as_secs_f64()
     );
     let expected: HashMap<Uuid, i64> = published.iter().map(|p| (p.event.id, p.seq)).collect();
@@ -239,7 +240,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "worker": {
             "instances": 1,
             "batchSize": WORKER_BATCH_SIZE,
-            "seconds": (worker_time - first_delivery).as_secs_f64(),
+            "seconds": drain.as_secs_f64(),
             "messagesPerSecond": worker_rate,
             "timedFrom": "its consumer's first delivery (polled from NATS) to count(*) = messages",
             "firstDeliveryAfterSpawnSeconds": first_delivery.as_secs_f64(),
