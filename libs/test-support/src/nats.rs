@@ -10,11 +10,25 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 fn binary() -> String {
     std::env::var("PARLEY_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned())
+}
+
+/// The product's server configuration (`nats/nats-server.conf`: JetStream fsyncs every write
+/// before acknowledging it), when `PARLEY_TEST_NATS_CONFIG` names it, as `scripts/test.sh` does.
+/// Without it the server runs on its defaults.
+fn config_from_env() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("PARLEY_TEST_NATS_CONFIG")?);
+    assert!(
+        path.is_file(),
+        "PARLEY_TEST_NATS_CONFIG names {}, which is not a file",
+        path.display()
+    );
+    Some(path)
 }
 
 fn free_port() -> u16 {
@@ -26,13 +40,20 @@ fn free_port() -> u16 {
 }
 
 impl NatsServer {
-    /// Starts a fresh JetStream-enabled server and waits until it accepts connections.
+    /// Starts a fresh JetStream-enabled server, with the configuration `PARLEY_TEST_NATS_CONFIG`
+    /// names if any, and waits until it accepts connections.
     pub fn start() -> NatsServer {
+        Self::start_with(config_from_env())
+    }
+
+    /// [`NatsServer::start`] with this configuration file, or on the server's defaults.
+    pub fn start_with(config: Option<PathBuf>) -> NatsServer {
         let dir = std::env::temp_dir().join(format!("parley-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("nats dir");
         let mut server = NatsServer {
             port: free_port(),
             dir,
+            config,
             child: None,
         };
         server.spawn();
@@ -50,7 +71,11 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.dir.join("jetstream"))
             .stdout(Stdio::null())
@@ -93,5 +118,32 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command_line(server: &NatsServer) -> Vec<String> {
+        let pid = server.pid().expect("the server runs");
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .expect("the server's command line")
+            .split(|b| *b == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_server_runs_with_the_configuration_it_was_given_and_keeps_it_across_a_restart() {
+        let config = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../nats/nats-server.conf"));
+        let mut server = NatsServer::start_with(Some(config.clone()));
+        let given = ["-c".to_owned(), config.display().to_string()];
+        assert!(command_line(&server).windows(2).any(|pair| pair == given));
+        server.restart();
+        assert!(command_line(&server).windows(2).any(|pair| pair == given));
+
+        let defaults = NatsServer::start_with(None);
+        assert!(!command_line(&defaults).contains(&"-c".to_owned()));
     }
 }

@@ -87,7 +87,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         .collect();
 
     let parley = {
-        let infra = Infra::start().await?;
+        let infra = Infra::start(context).await?;
         let (gateway, addr) = infra.gateway(context)?;
         stack::ready(addr).await?;
         let server = Server {

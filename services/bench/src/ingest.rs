@@ -75,7 +75,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let http_sends: usize = context.size(2_000, 10_000);
     let in_flight = CONVERSATIONS * PER_CLIENT_IN_FLIGHT;
 
-    let infra = Infra::start().await?;
+    let infra = Infra::start(context).await?;
     let fixtures: Vec<ProjectFixture> = (0..CONVERSATIONS)
         .map(|i| ProjectFixture::new(&format!("Ingest project {i}")))
         .collect();
@@ -182,7 +182,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         ],
     });
     Ok(vec![Figure::higher(
-        "Ingest (one gateway)",
+        &context.figure_name("Ingest (one gateway)"),
         gateway_run.rate(),
         "sends/s",
         "async JetStream publish of the same payloads",

@@ -28,8 +28,6 @@ use crate::stack::{CpuMeter, Infra, ready};
 use crate::{Context, Figure};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The latency histogram, beside the report.
-const PICTURE: &str = "latency.svg";
 
 /// When each message was sent and acknowledged, by its body.
 #[derive(Default)]
@@ -373,7 +371,7 @@ async fn watch_notifications(
 }
 
 pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
-    let infra = Infra::start().await?;
+    let infra = Infra::start(context).await?;
     let (gateway, addr) = infra.gateway(context)?;
     let persistence = infra.worker(context, "parley-persistence-worker", &[])?;
     let notification = infra.worker(context, "parley-notification-worker", &[])?;
@@ -489,10 +487,11 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
             samples_ms: raw.clone(),
         },
     );
+    let picture = context.artifact("latency", "svg");
     std::fs::write(
-        context.out.join(PICTURE),
+        context.out.join(&picture),
         histogram::svg(
-            &format!("Send → recipient's message:new, {} pairs", pairs.len()),
+            &context.figure_name(&format!("Send → recipient's message:new, {} pairs", pairs.len())),
             &pictured,
         ),
     )?;
@@ -500,7 +499,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let parley_p99 = at_half["p99"].as_f64().unwrap_or(f64::INFINITY);
     let raw_p99 = raw_stats["p99"].as_f64().unwrap_or(0.0);
     let mut figures = vec![Figure::lower(
-        "End-to-end latency p99 at 50% load",
+        &context.figure_name("End-to-end latency p99 at 50% load"),
         parley_p99,
         "ms",
         "raw JetStream publish → ordered consumer p99",
@@ -509,7 +508,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         "p99 ≤ 3× the raw round trip; nothing lost or duplicated (checked)",
         json!({ "pairs": pairs.len(), "sustainableRate": rate,
                 "sustainableRateProbe": "closed loop: each pair sends its next once the last reached its recipient",
-                "steps": steps, "raw": raw_stats, "messages": total_sent, "picture": PICTURE,
+                "steps": steps, "raw": raw_stats, "messages": total_sent, "picture": picture,
                 "cpuAtFigure": cpu_at_half,
                 "workersCaughtUpAfterProbeSeconds": probe_backlog.as_secs_f64() }),
     )];
@@ -559,7 +558,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     }
     let lag = lag_steps["50pct"].clone();
     figures.push(Figure::lower(
-        "Notification lag p99 at 50% load (send acknowledged → notification published)",
+        &context.figure_name("Notification lag p99 at 50% load (send acknowledged → notification published)"),
         lag["p99"].as_f64().unwrap_or(0.0),
         "ms",
         "raw JetStream round trip p99",

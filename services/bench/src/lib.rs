@@ -53,6 +53,22 @@ pub struct Args {
     /// Where report.md and report.json go.
     #[arg(long, default_value = ".parley/bench")]
     pub out: PathBuf,
+    /// The nats-server configuration the stack runs with: Parley's own, which fsyncs every
+    /// JetStream write before acknowledging it.
+    #[arg(long, env = "PARLEY_BENCH_NATS_CONFIG", default_value = "nats/nats-server.conf")]
+    pub nats_config: PathBuf,
+}
+
+/// How the nats-server of a part keeps JetStream writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsDurability {
+    /// Parley's own configuration, as every stack it ships runs: each write is on disk before its
+    /// acknowledgement. The figures the goals are judged on.
+    Shipped(PathBuf),
+    /// nats-server's defaults, which fsync every two minutes: the figure shows what each message
+    /// costs the processes rather than the disk's fsync. Ingest and latency are measured this way
+    /// too, in a second pass.
+    Unsynced,
 }
 
 /// What every part gets.
@@ -61,6 +77,7 @@ pub struct Context {
     pub mode: Mode,
     pub bin_dir: PathBuf,
     pub out: PathBuf,
+    pub nats: NatsDurability,
 }
 
 impl Context {
@@ -71,13 +88,47 @@ impl Context {
             Mode::Full => full,
         }
     }
+
+    /// The configuration file the part's nats-server starts with, if any.
+    pub fn nats_config(&self) -> Option<PathBuf> {
+        match &self.nats {
+            NatsDurability::Shipped(path) => Some(path.clone()),
+            NatsDurability::Unsynced => None,
+        }
+    }
+
+    /// A figure's name, marked when it was measured without fsync.
+    pub fn figure_name(&self, name: &str) -> String {
+        match self.nats {
+            NatsDurability::Shipped(_) => name.to_owned(),
+            NatsDurability::Unsynced => format!("{name}, NATS without fsync"),
+        }
+    }
+
+    /// The name of a file the part writes beside the report, distinct for each pass.
+    pub fn artifact(&self, stem: &str, extension: &str) -> String {
+        match self.nats {
+            NatsDurability::Shipped(_) => format!("{stem}.{extension}"),
+            NatsDurability::Unsynced => format!("{stem}-unsynced.{extension}"),
+        }
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.nats_config.is_file(),
+        "--nats-config: {} is not a file (run from the repository's root, or name nats/nats-server.conf)",
+        args.nats_config.display()
+    );
     let context = Context {
         mode: args.mode,
         bin_dir: args.bin_dir.clone(),
         out: args.out.clone(),
+        nats: NatsDurability::Shipped(args.nats_config.clone()),
+    };
+    let unsynced = Context {
+        nats: NatsDurability::Unsynced,
+        ..context.clone()
     };
     std::fs::create_dir_all(&context.out)?;
     let parts = if args.only.is_empty() {
@@ -85,15 +136,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.only.clone()
     };
+    // Ingest and latency also run on an unsynced server: with every write fsynced, the disk
+    // bounds both Parley and its baseline, and the processes' own cost per message hides.
+    let passes = parts.into_iter().flat_map(|part| {
+        let second = matches!(part, Part::Ingest | Part::Latency).then_some((part, &unsynced));
+        [Some((part, &context)), second].into_iter().flatten()
+    });
     let mut figures = Vec::new();
-    for part in parts {
-        eprintln!("== {part:?}");
+    for (part, pass) in passes {
+        match pass.nats {
+            NatsDurability::Shipped(_) => eprintln!("== {part:?}"),
+            NatsDurability::Unsynced => eprintln!("== {part:?}, NATS without fsync"),
+        }
         let measured = match part {
-            Part::Persistence => persistence::run(&context).await?,
-            Part::Ingest => ingest::run(&context).await?,
-            Part::Latency => latency::run(&context).await?,
-            Part::Idle => idle::run(&context).await?,
-            Part::Replay => replay::run(&context).await?,
+            Part::Persistence => persistence::run(pass).await?,
+            Part::Ingest => ingest::run(pass).await?,
+            Part::Latency => latency::run(pass).await?,
+            Part::Idle => idle::run(pass).await?,
+            Part::Replay => replay::run(pass).await?,
         };
         for figure in &measured {
             eprintln!("   {}", figure.one_line());

@@ -64,7 +64,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let naive_n: usize = context.size(3_000, 20_000).min(n);
     let timeout = Duration::from_secs(context.size(180, 1_800));
 
-    let infra = Infra::start().await?;
+    let infra = Infra::start(context).await?;
     let fixtures: Vec<ProjectFixture> = (0..CONVERSATIONS)
         .map(|i| ProjectFixture::new(&format!("Bench project {i}")))
         .collect();

@@ -154,7 +154,7 @@ fn check_sequence(seqs: &[i64], expected: usize, who: &str) -> anyhow::Result<()
 }
 
 pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
-    let infra = Infra::start().await?;
+    let infra = Infra::start(context).await?;
     let (_gateway, addr) = infra.gateway(context)?;
     let _worker = infra.worker(context, "parley-persistence-worker", &[])?;
     ready(addr).await?;

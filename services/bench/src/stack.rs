@@ -68,8 +68,8 @@ pub struct Infra {
 }
 
 impl Infra {
-    pub async fn start() -> anyhow::Result<Infra> {
-        let nats = NatsServer::start();
+    pub async fn start(context: &Context) -> anyhow::Result<Infra> {
+        let nats = NatsServer::start_with(context.nats_config());
         let db = TestDatabase::create().await;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         parley_nats::ensure_streams(&js, 1).await?;
