@@ -41,6 +41,6 @@ fi
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 "$ROOT/target/release/parley-bench" --bin-dir "$ROOT/target/release" --out "$ROOT/.parley/bench" \
-  --nats-config "$ROOT/nats/nats-server.conf" "$@"
+  --nats-config nats/nats-server.conf "$@"
 printf '\n'
 cat "$ROOT/.parley/bench/report.md"
