@@ -138,16 +138,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Ingest and latency also run on an unsynced server: with every write fsynced, the disk
     // bounds both Parley and its baseline, and the processes' own cost per message hides.
-    let passes = parts.into_iter().flat_map(|part| {
-        let second = matches!(part, Part::Ingest | Part::Latency).then_some((part, &unsynced));
-        [Some((part, &context)), second].into_iter().flatten()
-    });
+    let mut passes = Vec::new();
+    for part in parts {
+        passes.push((part, &context));
+        if matches!(part, Part::Ingest | Part::Latency) {
+            passes.push((part, &unsynced));
+        }
+    }
     let mut figures = Vec::new();
     for (part, pass) in passes {
-        match pass.nats {
-            NatsDurability::Shipped(_) => eprintln!("== {part:?}"),
-            NatsDurability::Unsynced => eprintln!("== {part:?}, NATS without fsync"),
-        }
+        eprintln!("== {}", pass.figure_name(&format!("{part:?}")));
         let measured = match part {
             Part::Persistence => persistence::run(pass).await?,
             Part::Ingest => ingest::run(pass).await?,
@@ -165,4 +165,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let written = report::write(&context, &figures)?;
     eprintln!("report: {}", written.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(nats: NatsDurability) -> Context {
+        Context {
+            mode: Mode::Short,
+            bin_dir: PathBuf::new(),
+            out: PathBuf::new(),
+            nats,
+        }
+    }
+
+    #[test]
+    fn the_pass_without_fsync_names_its_figures_and_files_apart_and_starts_nats_on_its_defaults() {
+        let config = PathBuf::from("nats/nats-server.conf");
+        let shipped = context(NatsDurability::Shipped(config.clone()));
+        let unsynced = context(NatsDurability::Unsynced);
+
+        assert_eq!(shipped.nats_config(), Some(config));
+        assert_eq!(unsynced.nats_config(), None);
+        assert_eq!(shipped.figure_name("Ingest"), "Ingest");
+        assert_eq!(unsynced.figure_name("Ingest"), "Ingest, NATS without fsync");
+        assert_eq!(shipped.artifact("latency", "svg"), "latency.svg");
+        assert_ne!(unsynced.artifact("latency", "svg"), shipped.artifact("latency", "svg"));
+    }
 }
