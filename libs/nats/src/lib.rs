@@ -44,6 +44,13 @@ pub struct ConsumerDefinition {
     json: &'static str,
 }
 
+impl ConsumerDefinition {
+    /// The consumer's durable name, as its definition gives it (every definition has one).
+    pub fn durable_name(self) -> Result<String, SetupError> {
+        Ok(consumer_config(self)?.durable_name.unwrap_or_default())
+    }
+}
+
 pub const PERSISTENCE_CHAT_CONSUMER: ConsumerDefinition = ConsumerDefinition {
     stream: CHAT_STREAM,
     json: include_str!("../../../nats/consumers/persistence-chat.json"),
@@ -183,10 +190,9 @@ pub fn spawn_consumer_gauges(
                 _ = tick.tick() => {}
             }
             for definition in &definitions {
-                let Ok(config) = consumer_config(*definition) else {
+                let Ok(name) = definition.durable_name() else {
                     continue;
                 };
-                let name = config.durable_name.unwrap_or_default();
                 let Ok(stream) = js.get_stream_no_info(definition.stream).await else {
                     continue;
                 };
@@ -224,6 +230,7 @@ mod tests {
         ] {
             let config = consumer_config(definition).unwrap();
             assert!(config.durable_name.is_some());
+            assert_eq!(Some(definition.durable_name().unwrap()), config.durable_name);
             assert_eq!(config.ack_policy, consumer::AckPolicy::Explicit);
         }
     }

@@ -239,9 +239,7 @@ async fn workers_caught_up(js: &async_nats::jetstream::Context) -> anyhow::Resul
         parley_nats::PERSISTENCE_CHAT_CONSUMER,
         parley_nats::NOTIFICATION_MESSAGES_CONSUMER,
     ] {
-        let name = parley_nats::consumer_config(definition)?
-            .durable_name
-            .unwrap_or_default();
+        let name = definition.durable_name()?;
         eventually(&format!("{name} to catch up"), TIMEOUT, || async {
             consumer_caught_up(js, definition.stream, &name).await.then_some(())
         })

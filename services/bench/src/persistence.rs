@@ -515,10 +515,9 @@ async fn first_delivery(
     started: Instant,
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
-    let consumer = parley_nats::consumer_config(parley_nats::PERSISTENCE_CHAT_CONSUMER)?
-        .durable_name
-        .unwrap_or_default();
-    let stream = js.get_stream(parley_nats::CHAT_STREAM).await?;
+    let definition = parley_nats::PERSISTENCE_CHAT_CONSUMER;
+    let consumer = definition.durable_name()?;
+    let stream = js.get_stream(definition.stream).await?;
     loop {
         if let Ok(info) = stream.consumer_info(&consumer).await
             && info.delivered.stream_sequence > 0
