@@ -500,7 +500,8 @@ impl Cursor<'_> {
         items: impl Iterator<Item = Result<Item, ApiError>>,
         end: i64,
     ) -> Result<Option<bool>, ApiError> {
-        let mut ready = Vec::new();
+        // A drained chunk knows its length; the ready ones are taken as they come.
+        let mut ready = Vec::with_capacity(items.size_hint().0);
         let mut outcome = None;
         for item in items {
             outcome = self.take(item?, end, &mut ready);
