@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// The authenticated user, as the token's subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserId(pub Uuid);
+pub(crate) struct UserId(pub Uuid);
 
 #[derive(Deserialize)]
 struct Claims {
@@ -16,13 +16,13 @@ struct Claims {
 
 /// Verifies tokens with the configured secret.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     key: DecodingKey,
     validation: Validation,
 }
 
 impl Authenticator {
-    pub fn new(secret: &str) -> Self {
+    pub(crate) fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
@@ -34,13 +34,13 @@ impl Authenticator {
     }
 
     /// The user a token names, or `None` when it is not a valid, unexpired HS256 token.
-    pub fn verify(&self, token: &str) -> Option<UserId> {
+    pub(crate) fn verify(&self, token: &str) -> Option<UserId> {
         let data = decode::<Claims>(token, &self.key, &self.validation).ok()?;
         Uuid::parse_str(&data.claims.sub).ok().map(UserId)
     }
 
     /// The user of an `Authorization: Bearer <token>` header value.
-    pub fn verify_bearer(&self, header: &str) -> Option<UserId> {
+    pub(crate) fn verify_bearer(&self, header: &str) -> Option<UserId> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))?;

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::error::ApiError;
 
 #[derive(Clone, Default)]
-pub struct Drain {
+pub(crate) struct Drain {
     inner: Arc<Inner>,
 }
 
@@ -24,7 +24,7 @@ struct Inner {
 }
 
 /// Held while one write is in flight.
-pub struct InFlight {
+pub(crate) struct InFlight {
     inner: Arc<Inner>,
 }
 
@@ -38,19 +38,19 @@ impl Drop for InFlight {
 
 impl Drain {
     /// Admits one write, or refuses it once draining started.
-    pub fn enter(&self) -> Result<InFlight, ApiError> {
+    pub(crate) fn enter(&self) -> Result<InFlight, ApiError> {
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight {
             inner: self.inner.clone(),
         };
         if self.inner.draining.load(Ordering::SeqCst) {
-            return Err(ApiError::Unavailable("this gateway is shutting down; retry".into()));
+            return Err(ApiError::unavailable("a write", "this gateway is shutting down"));
         }
         Ok(guard)
     }
 
     /// Refuses new writes from now on and waits (at most `bound`) for those in flight.
-    pub async fn drain(&self, bound: Duration) -> bool {
+    pub(crate) async fn drain(&self, bound: Duration) -> bool {
         self.inner.draining.store(true, Ordering::SeqCst);
         let wait = async {
             loop {

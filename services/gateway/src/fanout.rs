@@ -1,14 +1,14 @@
 //! Live delivery. Each gateway instance reads the chat stream with its own ordered consumer
 //! (deliver new) and hands every event to the local sockets of the conversation's participants,
 //! so it reaches every socket of both users whichever instance accepted it. Messages pass each
-//! socket's [`SocketSession`](crate::session::SocketSession) gate, which makes them exactly-once
-//! per socket even while a replay runs; read-mark moves go to the participants' rooms.
+//! socket's [`SocketSession`] gate, which makes them exactly-once per socket even while a replay
+//! runs; read-mark moves go to the participants' rooms.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use parley_domain::Message;
 use parley_domain::model::rfc3339;
@@ -16,30 +16,35 @@ use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use serde_json::json;
 use serde_json::value::RawValue;
+use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
-use socketioxide::{SendError, SocketIo};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::messaging::Messaging;
 use crate::recent::RecentMessages;
+use crate::rooms::user_room;
 use crate::session::SocketSession;
-use crate::socket::user_room;
+use crate::wire::{self, MessageNew};
+
+/// How long after connect live messages wait for a join (see [`SocketSession`]).
+const CONNECT_GRACE: Duration = Duration::from_millis(500);
 
 /// Subscribes first, so that nothing accepted after this returns is missed, then runs until
 /// `shutdown` in a task of its own; a failed consumer is recreated after the last delivered
 /// sequence.
-pub async fn start(
-    js: jetstream::Context,
+pub(crate) async fn start(
+    messaging: Messaging,
+    nats: async_nats::Client,
     io: SocketIo,
-    recent: RecentMessages,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let first = subscribe(&js, None).await?;
+    let first = subscribe(&messaging, None).await?;
     let target = Target {
         io,
-        recent,
-        client: js.client(),
+        recent: messaging.recent().clone(),
+        client: nats,
     };
     Ok(tokio::spawn(async move {
         let mut resume_after: Option<u64> = None;
@@ -47,7 +52,7 @@ pub async fn start(
         while !shutdown.is_cancelled() {
             let stream = match messages.take() {
                 Some(stream) => Ok(stream),
-                None => subscribe(&js, resume_after).await,
+                None => subscribe(&messaging, resume_after).await,
             };
             let outcome = match stream {
                 Ok(stream) => follow(stream, &target, &shutdown, &mut resume_after).await,
@@ -67,8 +72,8 @@ pub async fn start(
     }))
 }
 
-async fn subscribe(js: &jetstream::Context, resume_after: Option<u64>) -> anyhow::Result<Ordered> {
-    let stream = js.get_stream_no_info(parley_nats::CHAT_STREAM).await?;
+async fn subscribe(messaging: &Messaging, resume_after: Option<u64>) -> anyhow::Result<Ordered> {
+    let stream = messaging.chat_stream().await?;
     let deliver_policy = match resume_after {
         Some(seq) => DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
@@ -134,35 +139,28 @@ async fn follow(
     }
 }
 
+/// Ends `socket`'s connect grace after [`CONNECT_GRACE`]: the live messages it held for
+/// conversations no join replayed go out then, in order.
+pub(crate) fn end_grace_later(socket: SocketRef, session: SocketSession) {
+    tokio::spawn(async move {
+        tokio::time::sleep(CONNECT_GRACE).await;
+        let mut deliveries = session.lock();
+        for message in deliveries.end_grace() {
+            emit_live(&socket, &message);
+        }
+    });
+}
+
 /// Emits a live `message:new` to one socket and counts it: fan-out deliveries, and the latency
 /// from the send being accepted to this emit. Callers hold the socket's session lock.
-pub fn emit_live(socket: &SocketRef, message: &Message) {
-    counted(socket.emit("message:new", message).is_ok(), message);
+pub(crate) fn emit_live(socket: &SocketRef, message: &Message) {
+    counted(wire::emit(socket, &MessageNew::live(message)).is_ok(), message);
 }
 
 /// [`emit_live`] with the message already encoded, for a message going to several sockets: it is
 /// serialized once.
 fn emit_live_encoded(socket: &SocketRef, message: &Message, encoded: &RawValue) {
-    counted(emit_encoded_message(socket, encoded).is_ok(), message);
-}
-
-/// The JSON of a message object, written into a buffer sized for it up front: one grown as it
-/// is written costs several reallocations per message, and under load the allocator's locks.
-pub fn encode_message<T: serde::Serialize>(
-    message: &T,
-    body: &str,
-    client_msg_id: Option<&str>,
-) -> Option<Box<RawValue>> {
-    // Ids, seq, timestamp, names and punctuation take under 300 bytes.
-    let mut json = Vec::with_capacity(300 + body.len() + client_msg_id.map_or(0, str::len));
-    serde_json::to_writer(&mut json, message).ok()?;
-    RawValue::from_string(String::from_utf8(json).ok()?).ok()
-}
-
-/// Emits a `message:new` whose payload is already JSON. A one-element tuple is the event's one
-/// argument, written as is (a bare value would not be wrapped with the event name).
-pub fn emit_encoded_message(socket: &SocketRef, encoded: &RawValue) -> Result<(), SendError> {
-    socket.emit("message:new", &(encoded,))
+    counted(wire::emit_encoded(socket, encoded).is_ok(), message);
 }
 
 fn counted(sent: bool, message: &Message) {
@@ -196,7 +194,7 @@ impl Target {
                 continue;
             }
             if encoded.is_none() {
-                encoded = encode_message(&message, &message.body, message.client_msg_id.as_deref());
+                encoded = MessageNew::live(&message).encode();
             }
             match &encoded {
                 Some(encoded) => emit_live_encoded(&socket, &message, encoded),

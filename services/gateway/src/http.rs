@@ -8,15 +8,19 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use parley_domain::Conversation;
+use serde_json::json;
 
 use crate::AppState;
+use crate::api::{
+    HistoryParams, HistoryReply, ListReply, MarkReadPayload, MarkReadReply, Object, SendPayload, SendReply,
+    parse_conversation_id,
+};
 use crate::auth::UserId;
 use crate::error::ApiError;
-use crate::messaging::{message_id_of, parse_conversation_id, parse_history_bounds, parse_send};
+use crate::messaging::record_send;
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/{id}", get(get_conversation))
@@ -38,7 +42,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The caller, from `Authorization: Bearer <token>`; 401 otherwise.
-pub struct Caller(pub UserId);
+pub(crate) struct Caller(pub(crate) UserId);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -54,27 +58,18 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-async fn list_conversations(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<Value>, ApiError> {
+async fn list_conversations(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<ListReply>, ApiError> {
     let conversations = state.messaging.conversations(user).await?;
-    Ok(Json(json!({ "conversations": conversations })))
+    Ok(Json(ListReply { conversations }))
 }
 
 async fn get_conversation(
     State(state): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Conversation>, ApiError> {
     let id = parse_conversation_id(&id)?;
-    let conversation = state.messaging.conversation(user, id).await?;
-    Ok(Json(json!(conversation)))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct HistoryParams {
-    before_seq: Option<i64>,
-    after_seq: Option<i64>,
-    limit: Option<i64>,
+    Ok(Json(state.messaging.conversation(user, id).await?))
 }
 
 async fn history(
@@ -82,35 +77,37 @@ async fn history(
     Caller(user): Caller,
     Path(id): Path<String>,
     params: Result<Query<HistoryParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryReply>, ApiError> {
     let id = parse_conversation_id(&id)?;
     let Query(params) =
         params.map_err(|_| ApiError::invalid_request("beforeSeq, afterSeq and limit must be integers"))?;
-    let query = parse_history_bounds(params.before_seq, params.after_seq, params.limit)?;
-    let page = state.messaging.history(user, id, query).await?;
-    Ok(Json(json!({ "messages": page.messages, "hasMore": page.has_more })))
+    let page = state.messaging.history(user, id, params.into_query()?).await?;
+    Ok(Json(HistoryReply {
+        messages: page.messages,
+        has_more: page.has_more,
+    }))
 }
 
 async fn send_message(
     State(state): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<Object<SendPayload>>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_conversation_id(&id)?;
-    let request = body
-        .map_err(|_| ApiError::invalid_request("body must be a JSON object"))
-        .and_then(|Json(body)| parse_send(&body, Some(id)));
-    let request = request.inspect_err(crate::messaging::record_refusal)?;
-    let sent = state.messaging.send(user, request).await;
-    crate::messaging::record_send(&sent);
+    let sent = async {
+        let id = parse_conversation_id(&id)?;
+        let Json(Object(payload)) = body.map_err(|_| ApiError::invalid_request("body must be a JSON object"))?;
+        state.messaging.send(user, payload.into_request(Some(id))?).await
+    }
+    .await;
+    record_send(&sent);
     let sent = sent?;
     let status = if sent.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "message": sent.message }))))
+    Ok((status, Json(SendReply { message: sent.message })))
 }
 
 /// `POST /v1/conversations/{id}/read` with an optional `{messageId}`; an empty body marks all.
@@ -119,24 +116,23 @@ async fn mark_read(
     Caller(user): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MarkReadReply>, ApiError> {
     let id = parse_conversation_id(&id)?;
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let payload = if body.iter().all(u8::is_ascii_whitespace) {
+        MarkReadPayload::default()
     } else {
-        serde_json::from_slice(&body).map_err(|_| ApiError::invalid_request("body must be a JSON object"))?
+        let Object(payload) =
+            serde_json::from_slice(&body).map_err(|_| ApiError::invalid_request("body must be a JSON object"))?;
+        payload
     };
-    if !body.is_object() {
-        return Err(ApiError::invalid_request("body must be a JSON object"));
-    }
-    let message_id = message_id_of(&body)?;
-    let last_read_seq = state.messaging.mark_read(user, id, message_id).await?;
-    Ok(Json(json!({ "lastReadSeq": last_read_seq })))
+    let (conversation, message) = payload.into_parts(Some(id))?;
+    let last_read_seq = state.messaging.mark_read(user, conversation, message).await?;
+    Ok(Json(MarkReadReply { last_read_seq }))
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let postgres = state.messaging.store.ping().await;
+    let postgres = state.messaging.store_ready().await;
     let status = if nats && postgres {
         StatusCode::OK
     } else {

@@ -3,43 +3,55 @@
 //! only once JetStream has them, and fans the stream back out to connected sockets.
 //!
 //! Built as a library so tests start the real thing on port 0: [`Application::build`], then
-//! [`Application::port`], then [`Application::run_until_stopped`].
+//! [`Application::local_addr`], then [`Application::run_until_stopped`].
+//!
+//! The modules come in three layers, and imports only run downwards:
+//! - transport: [`socket`] (Socket.IO events) and [`http`] (axum routes) read a typed payload
+//!   from [`api`], call one operation and answer;
+//! - live delivery: [`subscriptions`] (join, leave, typing), [`replay`], [`fanout`], [`typing`]
+//!   and [`presence`], on the per-socket [`session`], the [`wire`] shape of `message:new` and the
+//!   [`rooms`];
+//! - operations: [`messaging`] (with [`membership`], [`recent`] and [`drain`]) and [`auth`], the
+//!   only way to Postgres and to the chat stream.
+//!
+//! [`error`] and [`config`] sit beneath all three.
 
-pub mod auth;
-pub mod config;
-pub mod drain;
-pub mod error;
-pub mod fanout;
-pub mod http;
-pub mod membership;
-pub mod messaging;
-pub mod presence;
-pub mod recent;
-pub mod replay;
-pub mod session;
-pub mod socket;
-pub mod typing;
+mod api;
+mod auth;
+mod config;
+mod drain;
+mod error;
+mod fanout;
+mod http;
+mod membership;
+mod messaging;
+mod presence;
+mod recent;
+mod replay;
+mod rooms;
+mod session;
+mod socket;
+mod subscriptions;
+mod typing;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::serve::ListenerExt as _;
+use parley_store::Store;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use config::Config;
 
 use crate::auth::Authenticator;
-use crate::drain::Drain;
 use crate::membership::Membership;
 use crate::messaging::Messaging;
 use crate::presence::Presence;
-use crate::recent::RecentMessages;
 use crate::typing::TypingPublisher;
 
 /// Largest Socket.IO packet a client may send: a 5000-character body is at most ~30 KiB of JSON.
@@ -55,15 +67,15 @@ const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 /// so it is one `Arc`: cloning the services themselves (the token validation settings, the NATS
 /// clients, …) cost a dozen allocations per event, by profile.
 #[derive(Clone)]
-pub struct AppState(Arc<Services>);
+pub(crate) struct AppState(Arc<Services>);
 
 /// The services behind [`AppState`].
-pub struct Services {
-    pub auth: Authenticator,
-    pub messaging: Messaging,
-    pub typing: TypingPublisher,
-    pub presence: Presence,
-    pub nats: async_nats::Client,
+pub(crate) struct Services {
+    pub(crate) auth: Authenticator,
+    pub(crate) messaging: Messaging,
+    pub(crate) typing: TypingPublisher,
+    pub(crate) presence: Presence,
+    pub(crate) nats: async_nats::Client,
 }
 
 impl std::ops::Deref for AppState {
@@ -96,36 +108,64 @@ async fn own_request_head(mut request: axum::extract::Request) -> axum::extract:
 
 /// A gateway bound to its port, ready to run.
 pub struct Application {
+    config: Config,
     listener: TcpListener,
-    router: Router,
-    io: SocketIo,
-    state: AppState,
-    presence_writer: JoinHandle<()>,
-    closes: JoinHandle<()>,
-    background_stop: CancellationToken,
+    store: Store,
+    nats: async_nats::Client,
 }
 
 impl Application {
-    /// Connects to NATS and Postgres, applies the streams and binds `config.listen`.
+    /// Prepares the Postgres pool (connecting lazily), starts connecting to NATS (retrying in the
+    /// background while it is down) and binds `config.listen`. Waiting for the two to answer is
+    /// [`Application::run_until_stopped`]'s, so that it can be stopped meanwhile.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything records.
         parley_service::telemetry::metrics();
-        let store =
-            parley_store::Store::connect_lazy(&config.database_url, config.db_pool_size).context("DATABASE_URL")?;
+        let store = Store::connect_lazy(&config.database_url, config.db_pool_size).context("DATABASE_URL")?;
         let nats = parley_nats::connect(&config.nats_url, "parley-gateway")
             .await
             .context("NATS_URL")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("PARLEY_LISTEN: cannot bind {}", config.listen))?;
+        Ok(Self {
+            config,
+            listener,
+            store,
+            nats,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Applies the streams (retrying while NATS is away, until `shutdown`), then serves until
+    /// `shutdown` is cancelled, then closes every socket and drains HTTP requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            store,
+            nats,
+        } = self;
+        let addr = listener.local_addr()?;
         let js = parley_nats::jetstream(nats.clone());
         // NATS may come up after us (compose): wait for it rather than exit.
         let replicas = config.stream_replicas;
-        let never = CancellationToken::new();
-        parley_service::retry_until("applying streams", &never, || {
+        let streams = parley_service::retry_until("applying streams", &shutdown, || {
             parley_nats::ensure_streams(&js, replicas)
-        })
-        .await;
-        let presence_kv = parley_nats::buckets::presence(&js, config.stream_replicas)
-            .await
-            .context("presence bucket")?;
+        });
+        let Some(()) = streams.await else {
+            return Ok(());
+        };
+        let presence_kv = parley_service::retry_until("opening the presence bucket", &shutdown, || {
+            parley_nats::buckets::presence(&js, replicas)
+        });
+        let Some(presence_kv) = presence_kv.await else {
+            return Ok(());
+        };
         let background_stop = CancellationToken::new();
         let (presence, presence_writer) = Presence::start(presence_kv, uuid::Uuid::new_v4(), background_stop.clone());
         // Learn closes before serving anyone, so no send slips into a conversation closing now.
@@ -133,16 +173,10 @@ impl Application {
         let closes = membership.follow_closes(nats.clone(), background_stop.clone()).await?;
         let state = AppState(Arc::new(Services {
             auth: Authenticator::new(&config.jwt_secret),
-            messaging: Messaging {
-                store,
-                js,
-                recent: RecentMessages::default(),
-                drain: Drain::default(),
-                membership: membership.clone(),
-            },
+            messaging: Messaging::new(store, js, membership),
             typing: TypingPublisher::new(nats.clone()),
             presence,
-            nats,
+            nats: nats.clone(),
         }));
         let (layer, io) = SocketIo::builder()
             .with_state(state.clone())
@@ -157,51 +191,20 @@ impl Application {
         let router = http::router(state.clone())
             .layer(layer)
             .layer(axum::middleware::map_request(own_request_head));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("PARLEY_LISTEN: cannot bind {}", config.listen))?;
-        Ok(Self {
-            listener,
-            router,
-            io,
-            state,
-            presence_writer,
-            closes,
-            background_stop,
-        })
-    }
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    /// Serves until `shutdown` is cancelled, then closes every socket and drains HTTP requests.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        info!(addr = %self.local_addr(), "gateway listening");
-        let fanout = fanout::start(
-            self.state.messaging.js.clone(),
-            self.io.clone(),
-            self.state.messaging.recent.clone(),
-            shutdown.clone(),
-        )
-        .await?;
-        let typing = typing::start_relay(self.state.nats.clone(), self.io.clone(), shutdown.clone()).await?;
-        let io = self.io.clone();
+        let fanout = fanout::start(state.messaging.clone(), nats.clone(), io.clone(), shutdown.clone()).await?;
+        let typing = typing::start_relay(nats.clone(), io.clone(), shutdown.clone()).await?;
+        info!(%addr, "gateway listening");
         let stopping = shutdown.clone();
-        let drain = self.state.messaging.drain.clone();
+        let drain = state.messaging.drain().clone();
         // Small frames (acks, single messages) leave at once: without TCP_NODELAY, Nagle's
         // algorithm meeting the client's delayed ACK stalls a reply up to 40 ms.
-        let listener = self.listener.tap_io(|tcp| {
+        let listener = listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        let serving = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight
             // reach JetStream and answer, then tell clients we are going so they reconnect
@@ -224,9 +227,9 @@ impl Application {
         shutdown.cancel();
         let _ = fanout.await;
         let _ = typing.await;
-        self.background_stop.cancel();
-        let _ = self.closes.await;
-        let _ = self.presence_writer.await;
+        background_stop.cancel();
+        let _ = closes.await;
+        let _ = presence_writer.await;
         Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! cached: they may be created at any moment.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,7 +24,7 @@ const TTL: Duration = Duration::from_secs(60);
 const CAPACITY: usize = 100_000;
 
 #[derive(Clone, Default)]
-pub struct Membership {
+pub(crate) struct Membership {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -33,12 +35,16 @@ struct Inner {
 }
 
 impl Membership {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// The conversation's access facts, from memory or Postgres.
-    pub async fn get(&self, store: &Store, conversation_id: Uuid) -> Result<Option<ConversationAccess>, StoreError> {
+    pub(crate) async fn get(
+        &self,
+        store: &Store,
+        conversation_id: Uuid,
+    ) -> Result<Option<ConversationAccess>, StoreError> {
         let cached = {
             let inner = self.lock();
             inner
@@ -80,7 +86,7 @@ impl Membership {
 
     /// Learns closes from `parley.project.closed` (core NATS, as JetStream stores them) until
     /// `shutdown`.
-    pub async fn follow_closes(
+    pub(crate) async fn follow_closes(
         &self,
         nats: async_nats::Client,
         shutdown: CancellationToken,

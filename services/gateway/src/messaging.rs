@@ -2,6 +2,12 @@
 //! validate, authorise and publish identically. Validation runs before anything touches NATS: a
 //! conversation id must parse as a UUID before a subject is built from it.
 
+//! The gateway's operations on conversations, shared by the HTTP API and the Socket.IO events so
+//! that both paths authorise and publish identically, and the one way the gateway reaches the
+//! store and the chat stream: live delivery reads the stream through [`Messaging::chat_stream`]
+//! and Postgres through the read methods here. Requests arrive already validated (see
+//! `payload`): a conversation id is a UUID before a subject is built from it.
+
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -9,11 +15,9 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{SubsecRound, Utc};
 use parley_domain::error::Refusal;
-use parley_domain::validation::{validate_body, validate_client_msg_id};
 use parley_domain::{Conversation, ConversationStatus, ErrorCode, Message, ids};
 use parley_events::{MessagePosted, ReadMarked, subjects};
 use parley_store::{ConversationAccess, HistoryPage, HistoryQuery, Store};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::UserId;
@@ -22,132 +26,75 @@ use crate::error::ApiError;
 use crate::membership::Membership;
 use crate::recent::RecentMessages;
 
-/// Largest history page.
-pub const MAX_PAGE: i64 = 200;
-/// History page size when none is asked for.
-pub const DEFAULT_PAGE: i64 = 50;
-
 /// A send, after validation.
 #[derive(Debug, Clone)]
-pub struct SendRequest {
-    pub conversation_id: Uuid,
-    pub body: String,
-    pub client_msg_id: Option<String>,
+pub(crate) struct SendRequest {
+    pub(crate) conversation_id: Uuid,
+    pub(crate) body: String,
+    pub(crate) client_msg_id: Option<String>,
 }
 
 /// The outcome of a send: the message, and whether it is new (false for an idempotent repeat).
 #[derive(Debug, Clone)]
-pub struct Sent {
-    pub message: Message,
-    pub created: bool,
+pub(crate) struct Sent {
+    pub(crate) message: Message,
+    pub(crate) created: bool,
 }
 
 /// Everything the operations need. Cheap to clone.
 #[derive(Clone)]
-pub struct Messaging {
-    pub store: Store,
-    pub js: jetstream::Context,
-    pub recent: RecentMessages,
-    pub drain: Drain,
-    pub membership: Membership,
+pub(crate) struct Messaging {
+    store: Store,
+    js: jetstream::Context,
+    recent: RecentMessages,
+    drain: Drain,
+    membership: Membership,
 }
 
 /// How often a read-mark move is retried when another device moved the mark at the same time.
 const MARK_ATTEMPTS: usize = 8;
 /// How long `markRead` waits for a message it does not know yet (sent a moment ago elsewhere).
 const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a read of one stored message from the stream may take.
+const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counts a send's outcome: `parley_gateway_sends_total{result="accepted"|<error code>}`.
-pub fn record_send(result: &Result<Sent, ApiError>) {
-    match result {
-        Ok(_) => metrics::counter!("parley_gateway_sends_total", "result" => "accepted").increment(1),
-        Err(error) => record_refusal(error),
-    }
-}
-
-/// Counts a refused send by its code.
-pub fn record_refusal(error: &ApiError) {
-    metrics::counter!("parley_gateway_sends_total", "result" => error.code().as_str()).increment(1);
-}
-
-/// Parses a conversation id; a malformed one is an `invalid_request`.
-pub fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::invalid_request("conversationId must be a UUID"))
-}
-
-/// The payload's `conversationId`, which must be a UUID string.
-pub fn conversation_id_of(payload: &Value) -> Result<Uuid, ApiError> {
-    match payload.get("conversationId") {
-        Some(Value::String(raw)) => parse_conversation_id(raw),
-        _ => Err(ApiError::invalid_request("conversationId must be a UUID string")),
-    }
-}
-
-/// The payload's optional `messageId` of a read mark, which must be a UUID string when present.
-pub fn message_id_of(payload: &Value) -> Result<Option<Uuid>, ApiError> {
-    match payload.get("messageId") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(raw)) => Uuid::parse_str(raw)
-            .map(Some)
-            .map_err(|_| ApiError::invalid_request("messageId must be a UUID")),
-        Some(_) => Err(ApiError::invalid_request("messageId must be a UUID string")),
-    }
-}
-
-/// Reads `{conversationId, body, clientMsgId?}` (the id may come from the URL instead).
-pub fn parse_send(payload: &Value, conversation_id: Option<Uuid>) -> Result<SendRequest, ApiError> {
-    let object = payload
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_request("payload must be a JSON object"))?;
-    let conversation_id = match conversation_id {
-        Some(id) => id,
-        None => conversation_id_of(payload)?,
+pub(crate) fn record_send<T>(result: &Result<T, ApiError>) {
+    let result = match result {
+        Ok(_) => "accepted",
+        Err(error) => error.code().as_str(),
     };
-    let body = match object.get("body") {
-        Some(Value::String(body)) => body.clone(),
-        _ => return Err(Refusal::new(ErrorCode::InvalidMessage, "body must be a string").into()),
-    };
-    validate_body(&body)?;
-    let client_msg_id = match object.get("clientMsgId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) => {
-            validate_client_msg_id(id)?;
-            Some(id.clone())
-        }
-        Some(_) => return Err(Refusal::new(ErrorCode::InvalidMessage, "clientMsgId must be a string").into()),
-    };
-    Ok(SendRequest {
-        conversation_id,
-        body,
-        client_msg_id,
-    })
-}
-
-/// Reads the optional paging bounds of a history request.
-pub fn parse_history_bounds(
-    before_seq: Option<i64>,
-    after_seq: Option<i64>,
-    limit: Option<i64>,
-) -> Result<HistoryQuery, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_request("limit must be between 1 and 200"));
-    }
-    if before_seq.is_some_and(|s| s < 1) || after_seq.is_some_and(|s| s < 0) {
-        return Err(ApiError::invalid_request(
-            "beforeSeq must be positive and afterSeq not negative",
-        ));
-    }
-    Ok(HistoryQuery {
-        before_seq,
-        after_seq,
-        limit,
-    })
+    metrics::counter!("parley_gateway_sends_total", "result" => result).increment(1);
 }
 
 impl Messaging {
+    pub(crate) fn new(store: Store, js: jetstream::Context, membership: Membership) -> Self {
+        Self {
+            store,
+            js,
+            recent: RecentMessages::default(),
+            drain: Drain::default(),
+            membership,
+        }
+    }
+
+    /// The sequences the fan-out saw lately, which `markRead` looks up first.
+    pub(crate) fn recent(&self) -> &RecentMessages {
+        &self.recent
+    }
+
+    /// What graceful shutdown drains: the writes in flight.
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// Whether Postgres answers, for `/readyz`.
+    pub(crate) async fn store_ready(&self) -> bool {
+        self.store.ping().await
+    }
+
     /// The caller's access to a conversation; `not_found` when it does not exist for them.
-    pub async fn access(&self, user: UserId, conversation_id: Uuid) -> Result<ConversationAccess, ApiError> {
+    pub(crate) async fn access(&self, user: UserId, conversation_id: Uuid) -> Result<ConversationAccess, ApiError> {
         self.membership
             .get(&self.store, conversation_id)
             .await?
@@ -157,7 +104,7 @@ impl Messaging {
 
     /// Accepts a message: acknowledged only once JetStream has it. A repeat of a `clientMsgId`
     /// returns the first message and publishes nothing new.
-    pub async fn send(&self, user: UserId, request: SendRequest) -> Result<Sent, ApiError> {
+    pub(crate) async fn send(&self, user: UserId, request: SendRequest) -> Result<Sent, ApiError> {
         let _in_flight = self.drain.enter()?;
         let access = self.access(user, request.conversation_id).await?;
         if access.status == ConversationStatus::Closed {
@@ -191,7 +138,7 @@ impl Messaging {
             created_at: Utc::now().trunc_subsecs(3),
             participants: access.participants,
         };
-        let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let payload = serde_json::to_vec(&event).map_err(ApiError::during("encoding a message"))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(parley_nats::MSG_ID_HEADER, id.to_string().as_str());
         let publishing = std::time::Instant::now();
@@ -203,9 +150,9 @@ impl Messaging {
                 payload.into(),
             )
             .await
-            .map_err(|e| ApiError::Unavailable(format!("publish: {e}")))?
+            .map_err(ApiError::during("publishing a message"))?
             .await
-            .map_err(|e| ApiError::Unavailable(format!("publish ack: {e}")))?;
+            .map_err(ApiError::during("awaiting a message's ack"))?;
         metrics::histogram!("parley_gateway_publish_ack_seconds").record(publishing.elapsed().as_secs_f64());
         if ack.duplicate {
             let message = self.original_of(ack.sequence).await?;
@@ -223,27 +170,27 @@ impl Messaging {
     /// The first message of a send JetStream found to be a duplicate, read back from the stream.
     async fn original_of(&self, sequence: u64) -> Result<Message, ApiError> {
         let stream = self.chat_stream().await?;
-        let stored = tokio::time::timeout(Duration::from_secs(5), stream.direct_get(sequence))
+        let during = "reading a duplicate's original";
+        let stored = tokio::time::timeout(DIRECT_GET_TIMEOUT, stream.direct_get(sequence))
             .await
-            .map_err(|_| ApiError::Unavailable("direct get timed out".into()))?
-            .map_err(|e| ApiError::Unavailable(format!("direct get: {e}")))?;
-        let event: MessagePosted =
-            serde_json::from_slice(&stored.payload).map_err(|e| ApiError::Unavailable(format!("stored event: {e}")))?;
+            .map_err(ApiError::during(during))?
+            .map_err(ApiError::during(during))?;
+        let event: MessagePosted = serde_json::from_slice(&stored.payload).map_err(ApiError::during(during))?;
         Ok(event.into_message(sequence))
     }
 
-    pub async fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, ApiError> {
+    pub(crate) async fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, ApiError> {
         Ok(self.store.conversations_of(user.0).await?)
     }
 
-    pub async fn conversation(&self, user: UserId, conversation_id: Uuid) -> Result<Conversation, ApiError> {
+    pub(crate) async fn conversation(&self, user: UserId, conversation_id: Uuid) -> Result<Conversation, ApiError> {
         self.store
             .conversation_of(user.0, conversation_id)
             .await?
             .ok_or_else(ApiError::not_found)
     }
 
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         user: UserId,
         conversation_id: Uuid,
@@ -258,7 +205,7 @@ impl Messaging {
     /// published only if no other device moved it since it was read (JetStream's expected last
     /// subject sequence), so concurrent reads from two devices never publish a backward or
     /// duplicate move, and a call that does not move the mark publishes (and emits) nothing.
-    pub async fn mark_read(
+    pub(crate) async fn mark_read(
         &self,
         user: UserId,
         conversation_id: Uuid,
@@ -284,7 +231,7 @@ impl Messaging {
                 read_at: Utc::now().trunc_subsecs(3),
                 participants: access.participants.clone(),
             };
-            let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let payload = serde_json::to_vec(&event).map_err(ApiError::during("encoding a read mark"))?;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Expected-Last-Subject-Sequence", subject_seq.to_string().as_str());
             let published = self
@@ -293,15 +240,18 @@ impl Messaging {
                 .await;
             let acked = match published {
                 Ok(ack) => ack.await,
-                Err(e) => return Err(ApiError::Unavailable(format!("publish read: {e}"))),
+                Err(e) => return Err(ApiError::unavailable("publishing a read mark", e)),
             };
             match acked {
                 Ok(_) => return Ok(target),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
-                Err(e) => return Err(ApiError::Unavailable(format!("publish read ack: {e}"))),
+                Err(e) => return Err(ApiError::unavailable("awaiting a read mark's ack", e)),
             }
         }
-        Err(ApiError::Unavailable("the read mark kept moving; retry".into()))
+        Err(ApiError::unavailable(
+            "moving a read mark",
+            "another device kept moving it",
+        ))
     }
 
     /// The caller's current mark and the stream sequence of the event that set it (0: none in the
@@ -310,14 +260,14 @@ impl Messaging {
         let stream = self.chat_stream().await?;
         match stream.direct_get_last_for_subject(subject).await {
             Ok(stored) => {
-                let event: ReadMarked = serde_json::from_slice(&stored.payload)
-                    .map_err(|e| ApiError::Unavailable(format!("stored read event: {e}")))?;
+                let event: ReadMarked =
+                    serde_json::from_slice(&stored.payload).map_err(ApiError::during("reading a read mark"))?;
                 Ok((event.seq, stored.sequence))
             }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
                 Ok((self.store.read_mark(conversation_id, user.0).await?, 0))
             }
-            Err(e) => Err(ApiError::Unavailable(format!("read mark: {e}"))),
+            Err(e) => Err(ApiError::unavailable("reading a read mark", e)),
         }
     }
 
@@ -332,7 +282,7 @@ impl Messaging {
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
                 Ok(self.store.latest_seq(conversation_id).await?.unwrap_or(0))
             }
-            Err(e) => Err(ApiError::Unavailable(format!("latest message: {e}"))),
+            Err(e) => Err(ApiError::unavailable("reading the latest message", e)),
         }
     }
 
@@ -353,10 +303,34 @@ impl Messaging {
         }
     }
 
-    async fn chat_stream(&self) -> Result<jetstream::stream::Stream<()>, ApiError> {
+    /// The chat stream, for reading its messages without its state.
+    pub(crate) async fn chat_stream(&self) -> Result<jetstream::stream::Stream<()>, ApiError> {
         self.js
             .get_stream_no_info(parley_nats::CHAT_STREAM)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("stream: {e}")))
+            .map_err(ApiError::during("looking up the chat stream"))
+    }
+
+    /// The chat stream with its state as of now (its first sequence: what it still holds).
+    pub(crate) async fn chat_stream_now(&self) -> Result<jetstream::stream::Stream, ApiError> {
+        self.js
+            .get_stream(parley_nats::CHAT_STREAM)
+            .await
+            .map_err(ApiError::during("looking up the chat stream"))
+    }
+
+    /// The caller's read mark as Postgres holds it: where a join without `lastSeq` replays from.
+    pub(crate) async fn stored_read_mark(&self, user: UserId, conversation_id: Uuid) -> Result<i64, ApiError> {
+        Ok(self.store.read_mark(conversation_id, user.0).await?)
+    }
+
+    /// Stored messages of a conversation in a range, without an access check: for a replay, whose
+    /// join checked it.
+    pub(crate) async fn stored_messages(
+        &self,
+        conversation_id: Uuid,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
+        Ok(self.store.history(conversation_id, query).await?)
     }
 }

@@ -5,7 +5,9 @@
 //! within the bucket's age limit, so the keys of a gateway that dies vanish within a minute.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_nats::jetstream::kv;
 use parley_nats::buckets::{PRESENCE_REFRESH, presence_key};
@@ -16,14 +18,14 @@ use tracing::warn;
 use uuid::Uuid;
 
 #[derive(Clone)]
-pub struct Presence {
+pub(crate) struct Presence {
     counts: Arc<Mutex<HashMap<Uuid, usize>>>,
     changed: mpsc::UnboundedSender<Uuid>,
 }
 
 impl Presence {
     /// Starts the writer for gateway `instance`; it removes this instance's keys on shutdown.
-    pub fn start(kv: kv::Store, instance: Uuid, shutdown: CancellationToken) -> (Presence, JoinHandle<()>) {
+    pub(crate) fn start(kv: kv::Store, instance: Uuid, shutdown: CancellationToken) -> (Presence, JoinHandle<()>) {
         let counts: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
         let (changed, receiver) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -35,11 +37,11 @@ impl Presence {
         (Presence { counts, changed }, task)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.counts.lock()
     }
 
-    pub fn connected(&self, user: Uuid) {
+    pub(crate) fn connected(&self, user: Uuid) {
         let first = {
             let mut counts = self.lock();
             let count = counts.entry(user).or_default();
@@ -51,7 +53,7 @@ impl Presence {
         }
     }
 
-    pub fn disconnected(&self, user: Uuid) {
+    pub(crate) fn disconnected(&self, user: Uuid) {
         let last = {
             let mut counts = self.lock();
             match counts.get_mut(&user) {
@@ -80,10 +82,7 @@ struct Writer {
 
 impl Writer {
     fn online(&self, user: Uuid) -> bool {
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&user)
+        self.counts.lock().contains_key(&user)
     }
 
     /// Writes the user's current state (not the event's): a quick connect and disconnect ends as
@@ -121,7 +120,7 @@ impl Writer {
                     None => break,
                 },
                 _ = refresh.tick() => {
-                    self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+                    self.counts.lock().keys().copied().collect()
                 }
             };
             // Each write waits up to the JetStream timeout while NATS is away, and a burst can
@@ -138,13 +137,7 @@ impl Writer {
         }
         // Going away: nobody is online here any more. Bounded, so an unreachable NATS cannot hold
         // the shutdown; whatever is not deleted expires with the bucket's age limit.
-        let users: Vec<Uuid> = self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(u, _)| u)
-            .collect();
+        let users: Vec<Uuid> = self.counts.lock().drain().map(|(u, _)| u).collect();
         let cleanup = async {
             for user in users {
                 let _ = self.kv.delete(presence_key(user, self.instance)).await;

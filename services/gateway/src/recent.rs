@@ -3,7 +3,9 @@
 //! the persistence worker may not have written yet, but this gateway's fan-out has seen.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use uuid::Uuid;
 
@@ -11,7 +13,7 @@ use uuid::Uuid;
 const CAPACITY: usize = 100_000;
 
 #[derive(Clone, Default)]
-pub struct RecentMessages {
+pub(crate) struct RecentMessages {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -22,8 +24,8 @@ struct Inner {
 }
 
 impl RecentMessages {
-    pub fn remember(&self, message_id: Uuid, conversation_id: Uuid, seq: i64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn remember(&self, message_id: Uuid, conversation_id: Uuid, seq: i64) {
+        let mut inner = self.inner.lock();
         if inner.seq_of.insert(message_id, (conversation_id, seq)).is_none() {
             inner.order.push_back(message_id);
             if inner.order.len() > CAPACITY
@@ -35,8 +37,8 @@ impl RecentMessages {
     }
 
     /// The message's sequence, if it is a recent message of `conversation_id`.
-    pub fn seq_of(&self, message_id: Uuid, conversation_id: Uuid) -> Option<i64> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn seq_of(&self, message_id: Uuid, conversation_id: Uuid) -> Option<i64> {
+        let inner = self.inner.lock();
         inner
             .seq_of
             .get(&message_id)

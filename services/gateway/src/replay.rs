@@ -11,19 +11,17 @@
 //! the next join from exactly there finds the next messages ready. A socket has at most one
 //! feed, holding at most [`READ_AHEAD`] encoded messages, for at most [`FEED_IDLE_TTL`] unused.
 
-use std::borrow::Cow;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use parking_lot::Mutex;
 use parley_domain::Message;
 use parley_events::subjects;
 use parley_store::HistoryQuery;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use uuid::Uuid;
@@ -31,9 +29,10 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::messaging::Messaging;
 use crate::session::SocketSession;
+use crate::wire::{self, MessageNew, PostedView};
 
 /// Most messages one join replays; the client pages the rest with history.
-pub const MAX_REPLAY: usize = 1000;
+pub(crate) const MAX_REPLAY: usize = 1000;
 /// How long the replay waits for the next message the stream said it holds.
 const NEXT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,94 +47,57 @@ const FEED_IDLE_TTL: Duration = Duration::from_secs(10);
 /// messages at once lets the socket's writer send them in one write rather than one each.
 const EMIT_CHUNK: usize = 256;
 
-/// A message as a replay sends it: the Message object's fields plus `"replayed": true`. Spelled
-/// out rather than `#[serde(flatten)]`, which serializes through a map, several times slower.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Replayed<'a> {
-    id: Uuid,
-    conversation_id: Uuid,
-    project_id: Uuid,
-    sender_id: Uuid,
-    body: &'a str,
-    seq: i64,
-    #[serde(with = "parley_domain::model::rfc3339")]
-    created_at: DateTime<Utc>,
-    client_msg_id: Option<&'a str>,
-    replayed: bool,
-}
-
-/// A stream's `MessagePosted` as a replay reads it: the strings borrowed from the payload, so
-/// little is allocated for a message but its encoding. It accepts exactly the payloads
-/// `MessagePosted` does, which are the ones the persistence worker stores.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Posted<'a> {
-    id: Uuid,
-    conversation_id: Uuid,
-    project_id: Uuid,
-    sender_id: Uuid,
-    #[serde(borrow)]
-    body: Cow<'a, str>,
-    #[serde(with = "parley_domain::model::rfc3339")]
-    created_at: DateTime<Utc>,
-    #[serde(borrow)]
-    client_msg_id: Option<Cow<'a, str>>,
-    /// Not sent; required as `MessagePosted` requires it.
-    #[serde(rename = "participants")]
-    _participants: Vec<Uuid>,
-}
-
-impl<'a> Replayed<'a> {
-    fn of_posted(posted: &'a Posted<'a>, seq: i64) -> Self {
-        Replayed {
-            id: posted.id,
-            conversation_id: posted.conversation_id,
-            project_id: posted.project_id,
-            sender_id: posted.sender_id,
-            body: &posted.body,
-            seq,
-            created_at: posted.created_at,
-            client_msg_id: posted.client_msg_id.as_deref(),
-            replayed: true,
-        }
-    }
-
-    fn encode(&self) -> Option<Box<RawValue>> {
-        crate::fanout::encode_message(self, self.body, self.client_msg_id)
-    }
-}
-
-impl<'a> From<&'a Message> for Replayed<'a> {
-    fn from(message: &'a Message) -> Self {
-        Replayed {
-            id: message.id,
-            conversation_id: message.conversation_id,
-            project_id: message.project_id,
-            sender_id: message.sender_id,
-            body: &message.body,
-            seq: message.seq,
-            created_at: message.created_at,
-            client_msg_id: message.client_msg_id.as_deref(),
-            replayed: true,
-        }
-    }
-}
-
+/// What one replay sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayOutcome {
-    pub replayed: usize,
-    pub complete: bool,
+pub(crate) struct ReplayOutcome {
+    pub(crate) replayed: usize,
+    pub(crate) complete: bool,
 }
 
-/// The slot in a socket's session for the feed its last replay left reading. Boxed: every socket
-/// has a slot, few have a feed.
-pub type FeedSlot = Arc<Mutex<Option<Box<Feed>>>>;
+/// Where a replay stands after taking a message, or a run of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// More of the range is still to come.
+    GoOn,
+    /// The whole range is sent.
+    Complete,
+    /// The replay sent [`MAX_REPLAY`] messages; the client asks for the rest with another join.
+    Full,
+}
+
+/// How a replay ended.
+enum Ending {
+    /// Everything above the join's sequence was sent.
+    Complete,
+    /// [`MAX_REPLAY`] messages were sent; `feed`, when the replay stopped in the stream, reads on
+    /// for the next join.
+    Full { feed: Option<Box<Feed>> },
+}
+
+/// Replay's own state on one socket, kept as a socket extension of its own: its joins one at a
+/// time, and the feed its last replay left reading when it stopped full.
+#[derive(Clone, Default)]
+pub(crate) struct Replays(Arc<ReplayState>);
+
+#[derive(Default)]
+pub(crate) struct ReplayState {
+    /// Serialises joins of one socket, so two replays never interleave.
+    one_join_at_a_time: tokio::sync::Mutex<()>,
+    /// Boxed: every socket has the slot, few have a feed.
+    parked: Mutex<Option<Box<Feed>>>,
+}
+
+impl Replays {
+    /// Waits for this socket's other joins to finish; the guard keeps the next one waiting.
+    pub(crate) async fn one_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.one_join_at_a_time.lock().await
+    }
+}
 
 /// An ordered consumer on one conversation, read by a task of its own into a bounded channel,
 /// each message decoded and encoded for the socket on the way. Dropping it stops the task, whose
 /// end deletes the consumer.
-pub struct Feed {
+pub(crate) struct Feed {
     conversation: Uuid,
     /// The `lastSeq` a join must ask from to go on with this feed: the last seq replayed.
     after_seq: i64,
@@ -187,9 +149,9 @@ impl Feed {
         conversation: Uuid,
         subject: &str,
         start: i64,
-        slot: Weak<Mutex<Option<Box<Feed>>>>,
+        slot: Weak<ReplayState>,
     ) -> Result<Feed, ApiError> {
-        let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay consumer: {e}"));
+        let unavailable = ApiError::during("opening a replay consumer");
         let consumer = format!("parley-replay-{}", Uuid::new_v4().simple());
         let created = stream
             .create_consumer(OrderedConfig {
@@ -201,9 +163,12 @@ impl Feed {
                 ..Default::default()
             })
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(unavailable)?;
         let reader = Reader {
-            messages: created.messages().await.map_err(|e| unavailable(&e))?,
+            messages: created
+                .messages()
+                .await
+                .map_err(ApiError::during("opening a replay consumer"))?,
             stream: stream.clone(),
             consumer,
         };
@@ -211,7 +176,7 @@ impl Feed {
     }
 
     /// Starts reading `reader`, whose feed may be parked in `slot` between joins.
-    fn start(conversation: Uuid, reader: Reader, slot: Weak<Mutex<Option<Box<Feed>>>>) -> Feed {
+    fn start(conversation: Uuid, reader: Reader, slot: Weak<ReplayState>) -> Feed {
         let (tx, items) = tokio::sync::mpsc::channel(READ_AHEAD);
         let (stream, consumer) = (reader.stream.clone(), reader.consumer.clone());
         let name = consumer.clone();
@@ -219,10 +184,10 @@ impl Feed {
             if Self::read_until_idle(reader, &tx).await {
                 // Nobody took from this feed for a while: free its buffer too, if it is the one
                 // parked (a join holding it is using it, and drops it itself).
-                let parked = slot.upgrade().and_then(|slot| {
-                    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let ours = slot.as_ref().is_some_and(|feed| feed.consumer == name);
-                    if ours { slot.take() } else { None }
+                let parked = slot.upgrade().and_then(|state| {
+                    let mut parked = state.parked.lock();
+                    let ours = parked.as_ref().is_some_and(|feed| feed.consumer == name);
+                    if ours { parked.take() } else { None }
                 });
                 drop(parked);
             }
@@ -258,16 +223,12 @@ impl Feed {
     fn item(next: Option<Result<async_nats::jetstream::Message, OrderedError>>) -> Result<Item, ApiError> {
         let message = match next {
             Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(ApiError::Unavailable(format!("replay: {e}"))),
-            None => return Err(ApiError::Unavailable("replay: consumer ended".into())),
+            Some(Err(e)) => return Err(ApiError::unavailable("replaying", e)),
+            None => return Err(ApiError::unavailable("replaying", "the replay consumer ended")),
         };
-        let info = message
-            .info()
-            .map_err(|e| ApiError::Unavailable(format!("replay: {e}")))?;
+        let info = message.info().map_err(ApiError::during("replaying"))?;
         let seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
-        let encoded = serde_json::from_slice::<Posted>(&message.payload)
-            .ok()
-            .and_then(|posted| Replayed::of_posted(&posted, seq).encode());
+        let encoded = PostedView::encode_replayed(&message.payload, seq);
         Ok(Item { seq, encoded })
     }
 
@@ -276,7 +237,7 @@ impl Feed {
     async fn next_items(&mut self, limit: usize, into: &mut Vec<Result<Item, ApiError>>) -> Result<bool, ApiError> {
         let received = tokio::time::timeout(NEXT_MESSAGE_TIMEOUT, self.items.recv_many(into, limit))
             .await
-            .map_err(|_| ApiError::Unavailable("replay: the stream stopped answering".into()))?;
+            .map_err(|_| ApiError::unavailable("replaying", "the stream stopped answering"))?;
         Ok(received > 0)
     }
 }
@@ -284,11 +245,12 @@ impl Feed {
 /// Replays to `socket` every message of `conversation` with `seq > after_seq`, up to
 /// [`MAX_REPLAY`], then releases the live messages held meanwhile. A feed the socket's last replay
 /// parked is used if this join goes on exactly where that one stopped, else dropped; this replay
-/// parks its own if it stops full.
-pub async fn replay(
+/// parks its own if it stops full. The caller holds [`Replays::one_at_a_time`].
+pub(crate) async fn replay(
     messaging: &Messaging,
     socket: &SocketRef,
     session: &SocketSession,
+    replays: &Replays,
     conversation: Uuid,
     after_seq: i64,
 ) -> Result<ReplayOutcome, ApiError> {
@@ -298,9 +260,11 @@ pub async fn replay(
         sent: 0,
         through: after_seq,
     };
-    let slot = &session.replay_feed;
-    let parked = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    let parked = parked
+    let parked = replays
+        .0
+        .parked
+        .lock()
+        .take()
         .filter(|feed| feed.conversation == conversation && feed.after_seq == after_seq)
         .map(|feed| *feed);
     let result = cursor
@@ -310,7 +274,7 @@ pub async fn replay(
             after_seq,
             live_from,
             parked,
-            Arc::downgrade(slot),
+            Arc::downgrade(&replays.0),
         )
         .await;
     // Whatever happened, stop holding and release what was held, in order, under the lock.
@@ -319,11 +283,16 @@ pub async fn replay(
         crate::fanout::emit_live(socket, &message);
     }
     drop(deliveries);
-    let (complete, feed) = result?;
-    if let Some(mut feed) = feed {
-        feed.after_seq = cursor.through;
-        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Box::new(feed));
-    }
+    let complete = match result? {
+        Ending::Complete => true,
+        Ending::Full { feed } => {
+            if let Some(mut feed) = feed {
+                feed.after_seq = cursor.through;
+                *replays.0.parked.lock() = Some(feed);
+            }
+            false
+        }
+    };
     Ok(ReplayOutcome {
         replayed: cursor.sent,
         complete,
@@ -341,7 +310,7 @@ impl Cursor<'_> {
     /// Emits messages read from Postgres.
     fn emit_stored(&mut self, messages: &[Message]) {
         for message in messages {
-            let _ = self.socket.emit("message:new", &Replayed::from(message));
+            let _ = wire::emit(self.socket, &MessageNew::replayed(message));
             self.through = self.through.max(message.seq);
         }
         self.count(messages.len());
@@ -351,7 +320,7 @@ impl Cursor<'_> {
     fn emit_encoded(&mut self, messages: &mut Vec<(i64, Box<RawValue>)>) {
         let sent = messages.len();
         for (seq, encoded) in messages.drain(..) {
-            let _ = crate::fanout::emit_encoded_message(self.socket, &encoded);
+            let _ = wire::emit_encoded(self.socket, &encoded);
             self.through = self.through.max(seq);
         }
         self.count(sent);
@@ -366,8 +335,7 @@ impl Cursor<'_> {
         self.sent >= MAX_REPLAY
     }
 
-    /// Sends the range; returns whether it was complete, and when it stopped full in the
-    /// stream, the feed to go on from.
+    /// Sends the range; says how it ended.
     async fn run(
         &mut self,
         messaging: &Messaging,
@@ -375,9 +343,8 @@ impl Cursor<'_> {
         after_seq: i64,
         live_from: Option<i64>,
         mut parked: Option<Feed>,
-        slot: Weak<Mutex<Option<Box<Feed>>>>,
-    ) -> Result<(bool, Option<Feed>), ApiError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("replay {what}: {e}"));
+        slot: Weak<ReplayState>,
+    ) -> Result<Ending, ApiError> {
         // Everything from the first live message on already reached this socket.
         let upper = live_from.map_or(i64::MAX, |s| s - 1);
         let subject = subjects::conversation_messages(conversation);
@@ -387,11 +354,7 @@ impl Cursor<'_> {
             Some(feed) => (feed.stream.clone(), after_seq + 1),
             None => {
                 // Fetched now, so its state is current: no second round trip for the first sequence.
-                let stream = messaging
-                    .js
-                    .get_stream(parley_nats::CHAT_STREAM)
-                    .await
-                    .map_err(|e| unavailable("stream", &e))?;
+                let stream = messaging.chat_stream_now().await?;
                 let first_in_stream = stream.cached_info().state.first_sequence;
                 let first_in_stream = i64::try_from(first_in_stream).unwrap_or(i64::MAX);
                 tracing::debug!(%conversation, after_seq, ?live_from, first_in_stream, "replay");
@@ -400,8 +363,7 @@ impl Cursor<'_> {
                 if after_seq + 1 < first_in_stream {
                     let below = first_in_stream.min(upper.saturating_add(1));
                     let page = messaging
-                        .store
-                        .history(
+                        .stored_messages(
                             conversation,
                             HistoryQuery {
                                 after_seq: Some(after_seq),
@@ -412,7 +374,7 @@ impl Cursor<'_> {
                         .await?;
                     self.emit_stored(&page.messages);
                     if page.has_more || self.full() {
-                        return Ok((false, None));
+                        return Ok(Ending::Full { feed: None });
                     }
                 }
                 let start = (after_seq + 1).max(first_in_stream).max(self.through + 1);
@@ -429,20 +391,22 @@ impl Cursor<'_> {
                 let (last, early) = tokio::join!(lookup, async { self.emit_ready(feed, upper) });
                 (last, early?)
             }
-            None => (lookup.await, None),
+            None => (lookup.await, Progress::GoOn),
         };
         let last = match last {
             Ok(message) => i64::try_from(message.sequence).unwrap_or(i64::MAX),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((true, None)),
-            Err(e) => return Err(unavailable("last message", &e)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Ending::Complete),
+            Err(e) => return Err(ApiError::unavailable("replaying", e)),
         };
         let end = last.min(upper);
         tracing::debug!(%conversation, start, end, parked = parked.is_some(), "replay from the stream");
-        if start > end || self.through >= end || early == Some(true) {
-            return Ok((true, None));
+        if start > end || self.through >= end || early == Progress::Complete {
+            return Ok(Ending::Complete);
         }
-        if early == Some(false) {
-            return Ok((false, parked));
+        if early == Progress::Full {
+            return Ok(Ending::Full {
+                feed: parked.map(Box::new),
+            });
         }
         loop {
             let mut feed = match parked.take() {
@@ -460,23 +424,29 @@ impl Cursor<'_> {
                 }
             };
             match self.drain(&mut feed, end).await? {
-                Some(true) => return Ok((true, None)),
-                Some(false) => return Ok((false, Some(feed))),
+                Progress::Complete => return Ok(Ending::Complete),
+                Progress::Full => {
+                    return Ok(Ending::Full {
+                        feed: Some(Box::new(feed)),
+                    });
+                }
                 // A feed that gave up while idle, just as this join took it: go on afresh.
-                None => tracing::debug!(%conversation, through = self.through, "replay feed ended; reading afresh"),
+                Progress::GoOn => {
+                    tracing::debug!(%conversation, through = self.through, "replay feed ended; reading afresh");
+                }
             }
         }
     }
 
     /// Emits what the feed already holds, without waiting, up to `upper` and as much as the
-    /// replay has room for; returns what [`Self::take`] said last (`None`: go on).
-    fn emit_ready(&mut self, feed: &mut Feed, upper: i64) -> Result<Option<bool>, ApiError> {
+    /// replay has room for; returns what [`Self::take`] said last.
+    fn emit_ready(&mut self, feed: &mut Feed, upper: i64) -> Result<Progress, ApiError> {
         self.emit_items(std::iter::from_fn(|| feed.items.try_recv().ok()), upper)
     }
 
-    /// Emits what the feed gives up to `end`, chunk by chunk; returns whether the range was
-    /// complete (`false`: the replay is full), or `None` if the feed ended first.
-    async fn drain(&mut self, feed: &mut Feed, end: i64) -> Result<Option<bool>, ApiError> {
+    /// Emits what the feed gives up to `end`, chunk by chunk; returns whether the range is
+    /// complete or the replay full, or [`Progress::GoOn`] if the feed ended first.
+    async fn drain(&mut self, feed: &mut Feed, end: i64) -> Result<Progress, ApiError> {
         let mut items = Vec::with_capacity(EMIT_CHUNK);
         loop {
             // Never more than the replay has room for: what is left stays in the feed.
@@ -484,50 +454,49 @@ impl Cursor<'_> {
                 .next_items(EMIT_CHUNK.min(MAX_REPLAY - self.sent), &mut items)
                 .await?
             {
-                return Ok(None);
+                return Ok(Progress::GoOn);
             }
-            let outcome = self.emit_items(items.drain(..), end)?;
-            if outcome.is_some() {
-                return Ok(outcome);
+            let progress = self.emit_items(items.drain(..), end)?;
+            if progress != Progress::GoOn {
+                return Ok(progress);
             }
         }
     }
 
     /// Takes `items` until [`Self::take`] says the range is done or full, then emits them
-    /// together; returns what it said last (`None`: go on).
+    /// together; returns what it said last.
     fn emit_items(
         &mut self,
         items: impl Iterator<Item = Result<Item, ApiError>>,
         end: i64,
-    ) -> Result<Option<bool>, ApiError> {
+    ) -> Result<Progress, ApiError> {
         // A drained chunk knows its length; the ready ones are taken as they come.
         let mut ready = Vec::with_capacity(items.size_hint().0);
-        let mut outcome = None;
+        let mut progress = Progress::GoOn;
         for item in items {
-            outcome = self.take(item?, end, &mut ready);
-            if outcome.is_some() {
+            progress = self.take(item?, end, &mut ready);
+            if progress != Progress::GoOn {
                 break;
             }
         }
         self.emit_encoded(&mut ready);
-        Ok(outcome)
+        Ok(progress)
     }
 
-    /// Takes one message of the range into `ready`. Returns `Some(complete)` once the range is
-    /// done (`true`) or the replay is full (`false`), `None` to go on.
-    fn take(&self, item: Item, end: i64, ready: &mut Vec<(i64, Box<RawValue>)>) -> Option<bool> {
+    /// Takes one message of the range into `ready`, and says where the replay stands.
+    fn take(&self, item: Item, end: i64, ready: &mut Vec<(i64, Box<RawValue>)>) -> Progress {
         if item.seq > end {
-            return Some(true);
+            return Progress::Complete;
         }
         if let Some(encoded) = item.encoded {
             ready.push((item.seq, encoded));
         }
         if item.seq == end {
-            return Some(true);
+            return Progress::Complete;
         }
         if self.sent + ready.len() >= MAX_REPLAY {
-            return Some(false);
+            return Progress::Full;
         }
-        None
+        Progress::GoOn
     }
 }

@@ -13,23 +13,20 @@
 //! a join releases them in order after its replay, and the end of the grace releases the rest.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use parley_domain::Message;
 use uuid::Uuid;
 
 use crate::auth::UserId;
-use crate::replay::FeedSlot;
 
-/// Per-socket state, shared by the socket's handlers and the fan-out.
+/// Per-socket state, shared by the socket's handlers and the fan-out. (Replay keeps its own
+/// per-socket state beside it, as a socket extension of its own.)
 #[derive(Clone)]
-pub struct SocketSession {
-    pub user: UserId,
+pub(crate) struct SocketSession {
+    pub(crate) user: UserId,
     inner: Arc<Mutex<Deliveries>>,
-    /// Serialises joins of one socket, so two replays never interleave.
-    pub join_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The feed the last replay left reading, when it stopped full.
-    pub replay_feed: FeedSlot,
     rooms: Arc<Mutex<Rooms>>,
 }
 
@@ -40,7 +37,7 @@ struct Rooms {
     typing: HashSet<Uuid>,
 }
 
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     conversations: HashMap<Uuid, Delivery>,
     /// Within the grace after connect.
     warming: bool,
@@ -60,60 +57,58 @@ struct Delivery {
 }
 
 impl SocketSession {
-    pub fn new(user: UserId) -> Self {
+    pub(crate) fn new(user: UserId) -> Self {
         Self {
             user,
             inner: Arc::new(Mutex::new(Deliveries {
                 conversations: HashMap::new(),
                 warming: true,
             })),
-            join_lock: Arc::new(tokio::sync::Mutex::new(())),
-            replay_feed: FeedSlot::default(),
             rooms: Arc::default(),
         }
     }
 
     fn rooms(&self) -> MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.rooms.lock()
     }
 
-    pub fn joined(&self, conversation: Uuid) {
+    pub(crate) fn joined(&self, conversation: Uuid) {
         self.rooms().joined.insert(conversation);
     }
 
-    pub fn left(&self, conversation: Uuid) {
+    pub(crate) fn left(&self, conversation: Uuid) {
         self.rooms().joined.remove(&conversation);
     }
 
     /// Whether this socket joined (and so was checked as a participant of) `conversation`.
-    pub fn has_joined(&self, conversation: Uuid) -> bool {
+    pub(crate) fn has_joined(&self, conversation: Uuid) -> bool {
         self.rooms().joined.contains(&conversation)
     }
 
-    pub fn start_typing(&self, conversation: Uuid) {
+    pub(crate) fn start_typing(&self, conversation: Uuid) {
         self.rooms().typing.insert(conversation);
     }
 
     /// Whether the socket was typing in `conversation`.
-    pub fn stop_typing(&self, conversation: Uuid) -> bool {
+    pub(crate) fn stop_typing(&self, conversation: Uuid) -> bool {
         self.rooms().typing.remove(&conversation)
     }
 
     /// Every conversation the socket was typing in, forgetting them.
-    pub fn take_all_typing(&self) -> Vec<Uuid> {
+    pub(crate) fn take_all_typing(&self) -> Vec<Uuid> {
         self.rooms().typing.drain().collect()
     }
 
     /// The lock under which deliveries are decided and emitted.
-    pub fn lock(&self) -> MutexGuard<'_, Deliveries> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        self.inner.lock()
     }
 }
 
 impl Deliveries {
     /// A live message arrives: `true` to emit it now; `false` when it is held for a running
     /// replay or was already delivered.
-    pub fn admit_live(&mut self, message: &Message) -> bool {
+    pub(crate) fn admit_live(&mut self, message: &Message) -> bool {
         let delivery = self.conversations.entry(message.conversation_id).or_default();
         if let Some(held) = &mut delivery.held {
             held.push(message.clone());
@@ -133,7 +128,7 @@ impl Deliveries {
 
     /// Starts holding live messages of `conversation`; returns the first sequence this socket got
     /// live, where the replay must stop.
-    pub fn begin_replay(&mut self, conversation: Uuid) -> Option<i64> {
+    pub(crate) fn begin_replay(&mut self, conversation: Uuid) -> Option<i64> {
         let delivery = self.conversations.entry(conversation).or_default();
         delivery.held.get_or_insert_with(Vec::new);
         delivery.replaying = true;
@@ -142,7 +137,7 @@ impl Deliveries {
 
     /// Ends the replay, which sent everything up to `replayed_through`; returns the held live
     /// messages still to emit, in order, without any the replay or earlier delivery covered.
-    pub fn end_replay(&mut self, conversation: Uuid, replayed_through: i64) -> Vec<Message> {
+    pub(crate) fn end_replay(&mut self, conversation: Uuid, replayed_through: i64) -> Vec<Message> {
         let delivery = self.conversations.entry(conversation).or_default();
         delivery.replaying = false;
         delivery.joined = true;
@@ -151,7 +146,7 @@ impl Deliveries {
 
     /// Ends the grace after connect; returns the held live messages of every conversation no
     /// replay is running for, each conversation's in order.
-    pub fn end_grace(&mut self) -> Vec<Message> {
+    pub(crate) fn end_grace(&mut self) -> Vec<Message> {
         self.warming = false;
         self.conversations
             .values_mut()

@@ -8,7 +8,9 @@
 //! not even when the typer's gateway dies.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,10 +24,10 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::socket::{conversation_room, user_room};
+use crate::rooms::{conversation_room, user_room};
 
 /// A `true` not refreshed within this long is over.
-pub const TYPING_TTL: Duration = Duration::from_secs(5);
+pub(crate) const TYPING_TTL: Duration = Duration::from_secs(5);
 /// A continued `true` reaches NATS at most this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// A change of state reaches NATS at most this soon after the previous signal.
@@ -43,7 +45,7 @@ struct Throttle {
 /// signal is not dropped but deferred, and the latest wish goes out when the gap has passed, so
 /// the receivers always end up with the typist's real state.
 #[derive(Clone)]
-pub struct TypingPublisher {
+pub(crate) struct TypingPublisher {
     nats: async_nats::Client,
     state: Arc<Mutex<HashMap<(Uuid, Uuid), Throttle>>>,
 }
@@ -55,19 +57,19 @@ enum Decision {
 }
 
 impl TypingPublisher {
-    pub fn new(nats: async_nats::Client) -> Self {
+    pub(crate) fn new(nats: async_nats::Client) -> Self {
         Self {
             nats,
             state: Arc::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, Uuid), Throttle>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(Uuid, Uuid), Throttle>> {
+        self.state.lock()
     }
 
     /// Publishes `user`'s typing state in `conversation`, now or once the throttle allows.
-    pub async fn signal(&self, user: Uuid, conversation: Uuid, typing: bool) -> Result<(), ApiError> {
+    pub(crate) async fn signal(&self, user: Uuid, conversation: Uuid, typing: bool) -> Result<(), ApiError> {
         let now = Instant::now();
         let key = (user, conversation);
         let decision = {
@@ -149,11 +151,11 @@ impl TypingPublisher {
             user_id: user,
             is_typing: typing,
         };
-        let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let payload = serde_json::to_vec(&event).map_err(ApiError::during("encoding a typing signal"))?;
         self.nats
             .publish(subjects::conversation_typing(conversation), payload.into())
             .await
-            .map_err(|e| ApiError::Unavailable(format!("typing publish: {e}")))
+            .map_err(ApiError::during("publishing a typing signal"))
     }
 }
 
@@ -177,7 +179,7 @@ impl Relay {
         let key = (event.conversation_id, event.user_id);
         // Whether the state changed here: a refresh only moves the deadline on.
         let changed = {
-            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let mut active = self.active.lock();
             if event.is_typing {
                 active.insert(key, Instant::now() + TYPING_TTL).is_none()
             } else {
@@ -195,11 +197,11 @@ impl Relay {
     /// Waits out the deadline, moved on by each refresh; emits `false` when it passes.
     async fn expire(self, key: (Uuid, Uuid)) {
         loop {
-            let deadline = self.active.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+            let deadline = self.active.lock().get(&key).copied();
             let Some(deadline) = deadline else { return };
             tokio::time::sleep_until(deadline).await;
             let expired = {
-                let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                let mut active = self.active.lock();
                 match active.get(&key) {
                     Some(deadline) if *deadline <= Instant::now() => active.remove(&key).is_some(),
                     Some(_) => false,
@@ -215,7 +217,7 @@ impl Relay {
 }
 
 /// Subscribes to every conversation's typing subject and relays until `shutdown`.
-pub async fn start_relay(
+pub(crate) async fn start_relay(
     nats: async_nats::Client,
     io: SocketIo,
     shutdown: CancellationToken,

@@ -61,6 +61,14 @@ pub async fn spawn_gateway(nats_url: &str, database_url: &str) -> TestGateway {
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    // The listener is bound, so this request waits in its backlog until the gateway has applied
+    // the streams, subscribed its fan-out and started serving.
+    let ready = async {
+        while parley_test_support::http::request(addr, "GET", "/readyz", None, None).await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, ready).await.expect("gateway ready");
     TestGateway { addr, shutdown }
 }
 
