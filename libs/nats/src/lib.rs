@@ -1,6 +1,7 @@
-//! How Parley's processes meet NATS: one way to connect (named, reconnecting forever) and the
+//! How Parley's processes meet NATS: one way to connect (named, reconnecting forever), the
 //! stream and consumer definitions from `nats/`, compiled in and applied idempotently at start, so
-//! that any process may come up first and the files in `nats/` stay the single source of truth.
+//! that any process may come up first and the files in `nats/` stay the single source of truth,
+//! and one way to consume a durable consumer ([`consume`]).
 
 use std::time::Duration;
 
@@ -8,8 +9,12 @@ use async_nats::jetstream::{self, consumer, stream};
 use tracing::{info, warn};
 
 pub mod buckets;
+pub mod consume;
 
 pub use async_nats;
+
+/// The `NATS_URL` every process and the CLI use when it is unset: a local server.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// The header JetStream deduplicates publishes on.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -112,6 +117,19 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_
         })
         .connect(servers)
         .await
+}
+
+/// How long a stopping process waits for its last acks to leave. With NATS unreachable a flush
+/// would wait for the reconnection, that is forever; the messages concerned are redelivered.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(5);
+
+/// Sends what the client has buffered (plain acks above all), waiting at most [`FLUSH_BOUND`]:
+/// what a process does last before it stops.
+pub async fn flush(client: &async_nats::Client) -> Result<(), async_nats::Error> {
+    tokio::time::timeout(FLUSH_BOUND, client.flush())
+        .await
+        .map_err(|_| format!("NATS did not take the buffered messages within {FLUSH_BOUND:?}"))??;
+    Ok(())
 }
 
 /// The JetStream context every Parley process uses.
