@@ -1,6 +1,10 @@
 //! The workers' admin endpoint on `PARLEY_ADMIN_LISTEN`: `/healthz` (the process runs),
 //! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text). Workers have no other
 //! HTTP surface, so this is what orchestrators probe and Prometheus scrapes.
+//!
+//! Binding and serving are two steps, so that a process binds while it is built (a bad address
+//! fails at start, and a test that asked for port 0 reads the real address) and serves once it
+//! runs, until the shutdown token it runs under fires.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,38 +16,66 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Answers whether the process's dependencies are reachable.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
-/// Binds `listen` now, so a bad address fails at start, and serves until `shutdown`.
-pub async fn serve(
-    listen: SocketAddr,
-    ready: ReadinessCheck,
-    shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let handle = crate::telemetry::metrics();
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(ready): State<ReadinessCheck>| async move {
-                if ready().await {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }),
-        )
-        .route("/metrics", get(move || async move { handle.render() }))
-        .with_state(ready);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
-    Ok((addr, task))
+/// A [`ReadinessCheck`] from an async closure.
+pub fn readiness<F, Fut>(check: F) -> ReadinessCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
+/// The admin endpoint's socket, bound but not serving yet.
+#[derive(Debug)]
+pub struct AdminListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl AdminListener {
+    /// Binds `listen` (port 0 picks a free port).
+    pub async fn bind(listen: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
+    }
+
+    /// The bound address: the real port when port 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
+    pub fn serve(self, ready: ReadinessCheck, shutdown: CancellationToken) -> JoinHandle<()> {
+        let handle = crate::telemetry::metrics();
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(|State(ready): State<ReadinessCheck>| async move {
+                    if ready().await {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }),
+            )
+            .route("/metrics", get(move || async move { handle.render() }))
+            .with_state(ready);
+        let listener = self.listener;
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::warn!(%error, "the admin endpoint stopped");
+            }
+        })
+    }
 }

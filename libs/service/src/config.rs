@@ -3,6 +3,7 @@
 //! variable, instead of failing later deep inside a request.
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// A configuration value that cannot be used.
@@ -46,9 +47,95 @@ where
     }
 }
 
+/// How log lines are written: `PARLEY_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw.eq_ignore_ascii_case("json") {
+            Ok(Self::Json)
+        } else if raw.eq_ignore_ascii_case("pretty") {
+            Ok(Self::Pretty)
+        } else {
+            Err("expected json or pretty".into())
+        }
+    }
+}
+
+/// What every Parley process reads the same way, with each default written once. A process
+/// keeps its own config struct for the rest and fills these fields from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonConfig {
+    /// `NATS_URL`: one server, or a cluster's seeds separated by commas (default
+    /// [`parley_nats::DEFAULT_URL`]).
+    pub nats_url: String,
+    /// `PARLEY_STREAM_REPLICAS`: replicas of the streams and buckets the process creates
+    /// (default 1; 3 on a cluster).
+    pub stream_replicas: usize,
+    /// `PARLEY_LOG_FORMAT`: `pretty` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `PARLEY_ADMIN_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are served; each
+    /// process passes its own default.
+    pub admin_listen: SocketAddr,
+}
+
+impl CommonConfig {
+    /// Reads the shared variables; `default_admin` is this process's admin address when
+    /// `PARLEY_ADMIN_LISTEN` is unset.
+    pub fn from_env(default_admin: SocketAddr) -> Result<Self, ConfigError> {
+        let stream_replicas = parsed("PARLEY_STREAM_REPLICAS", 1usize)?;
+        if !(1..=5).contains(&stream_replicas) {
+            return Err(ConfigError {
+                variable: "PARLEY_STREAM_REPLICAS",
+                problem: "must be between 1 and 5 (JetStream's limit)".into(),
+            });
+        }
+        Ok(Self {
+            nats_url: or_default("NATS_URL", parley_nats::DEFAULT_URL),
+            stream_replicas,
+            log_format: parsed("PARLEY_LOG_FORMAT", LogFormat::default())?,
+            admin_listen: parsed("PARLEY_ADMIN_LISTEN", default_admin)?,
+        })
+    }
+
+    /// A process on `nats_url` with one replica and its admin endpoint on a port the system
+    /// picks (`127.0.0.1:0`): what tests start.
+    pub fn local(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            stream_replicas: 1,
+            log_format: LogFormat::default(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_formats_parse_in_any_case_and_refuse_the_rest() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("pretty".parse::<LogFormat>(), Ok(LogFormat::Pretty));
+        assert!("jsno".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn a_local_config_binds_its_admin_endpoint_on_port_zero() {
+        let config = CommonConfig::local("nats://127.0.0.1:1");
+        assert_eq!(config.admin_listen.port(), 0);
+        assert_eq!(config.stream_replicas, 1);
+    }
 
     #[test]
     fn errors_name_the_variable_in_one_line() {

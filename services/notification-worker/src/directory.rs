@@ -1,17 +1,17 @@
 //! The conversation directory: what a notification or an email needs to say about a conversation
 //! (project title, who is who, their emails), learnt from `parley.project.started` and kept in the
 //! `PARLEY_CONVERSATIONS` bucket, so every notification worker shares it and none needs Postgres.
+//! The directory is learnt by a [`Handler`] of the shared consumer runtime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::{AckKind, consumer::PullConsumer, kv};
-use futures::StreamExt;
+use async_nats::jetstream::{self, kv};
 use parley_domain::Role;
 use parley_domain::ids::conversation_id_for_project;
 use parley_events::ProjectStarted;
+use parley_nats::consume::{Disposition, Handler};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -100,48 +100,29 @@ impl Directory {
     }
 }
 
-/// Applies every `parley.project.started` to the directory until `shutdown`.
-pub async fn run(consumer: PullConsumer, directory: Directory, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut messages = consumer.messages().await?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                warn!(%error, "directory consumer hiccup");
-                continue;
-            }
-            None => return Ok(()),
-        };
+/// Learns every `parley.project.started` into the directory.
+pub(crate) struct Learner(pub(crate) Directory);
+
+impl Handler for Learner {
+    async fn handle(&self, message: &jetstream::Message) -> Disposition {
         let event = match serde_json::from_slice::<ProjectStarted>(&message.payload) {
             Ok(event) if event.validate().is_ok() => event,
-            _ => {
-                // The persistence worker records it as a dead letter; nothing to learn here.
-                warn!("skipping an invalid project.started");
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            }
+            // The persistence worker records it as a dead letter; nothing to learn here.
+            _ => return Disposition::terminate("an invalid project.started"),
         };
         let card = ConversationCard::from_event(&event);
-        let stored = directory
-            .kv
-            .put(card.conversation_id.to_string(), serde_json::to_vec(&card)?.into())
-            .await;
-        match stored {
+        let encoded = match serde_json::to_vec(&card) {
+            Ok(encoded) => encoded,
+            Err(error) => return Disposition::terminate(format!("a card that does not encode: {error}")),
+        };
+        match self.0.kv.put(card.conversation_id.to_string(), encoded.into()).await {
             Ok(_) => {
                 info!(project_id = %event.project_id, "conversation known for notifications");
-                if let Err(error) = message.double_ack().await {
-                    warn!(%error, "ack of a project event failed; it will be redelivered");
-                }
+                Disposition::Ack
             }
             Err(error) => {
                 warn!(%error, "storing a conversation card failed; retrying");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                    .await;
+                Disposition::retry_soon()
             }
         }
     }

@@ -3,14 +3,15 @@
 //! connected socket, one email lists every message from the other party above both their read
 //! mark and the last message an earlier digest listed. SMTP failures are retried with growing
 //! delays; how far digests have gone is recorded before the job is acked, so a redelivery never
-//! mails the same messages again.
+//! mails the same messages again. Jobs go through the shared consumer runtime: [`DigestSender`]
+//! says what becomes of each.
 
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
+use async_nats::jetstream::{self, kv};
 use chrono::Utc;
 use futures::StreamExt;
 use lettre::message::header::{ContentTransferEncoding, ContentType, MessageId};
@@ -18,7 +19,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use parley_domain::validation::preview;
 use parley_events::{EmailDigestJob, MessagePosted, ReadMarked, subjects};
-use tokio_util::sync::CancellationToken;
+use parley_nats::consume::{Disposition, Handler};
 use tracing::{info, warn};
 
 use crate::directory::{ConversationCard, Directory, Person};
@@ -128,50 +129,22 @@ pub fn compose_digest(
     Ok(message)
 }
 
-/// What to do with a job.
-enum Outcome {
-    /// Finished: sent, or nothing to send.
-    Done,
-    /// Not yet, or a transient failure: come back after this long.
-    Later(Duration),
+/// Sends each digest job when it falls due.
+pub(crate) struct DigestSender {
+    pub(crate) js: jetstream::Context,
+    pub(crate) directory: Directory,
+    pub(crate) sent: kv::Store,
+    pub(crate) mailer: Mailer,
 }
 
-pub(crate) async fn run(
-    consumer: PullConsumer,
-    js: jetstream::Context,
-    directory: Directory,
-    sent: kv::Store,
-    mailer: Mailer,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut jobs = consumer.messages().await?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = jobs.next() => next,
+impl Handler for DigestSender {
+    async fn handle(&self, message: &jetstream::Message) -> Disposition {
+        let Ok(job) = serde_json::from_slice::<EmailDigestJob>(&message.payload) else {
+            return Disposition::terminate("a malformed email job");
         };
-        let job_message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                warn!(%error, "email consumer hiccup");
-                continue;
-            }
-            None => return Ok(()),
-        };
-        let Ok(job) = serde_json::from_slice::<EmailDigestJob>(&job_message.payload) else {
-            warn!("dropping a malformed email job");
-            let _ = job_message.ack_with(AckKind::Term).await;
-            continue;
-        };
-        let attempts = job_message.info().map(|i| i.delivered).unwrap_or(1);
-        let outcome = handle(&js, &directory, &sent, &mailer, &job, attempts).await;
-        let acked = match outcome {
-            Outcome::Done => job_message.double_ack().await,
-            Outcome::Later(delay) => job_message.ack_with(AckKind::Nak(Some(delay))).await,
-        };
-        if let Err(error) = acked {
-            warn!(%error, "email job ack failed; it will come back");
-        }
+        // The first delivery when the count is unknown: the shortest backoff.
+        let attempts = message.info().map_or(1, |info| info.delivered);
+        handle(self, &job, attempts).await
     }
 }
 
@@ -181,21 +154,24 @@ fn backoff(attempts: i64) -> Duration {
     Duration::from_secs(2u64.pow(exponent).min(60))
 }
 
-async fn handle(
-    js: &jetstream::Context,
-    directory: &Directory,
-    sent: &kv::Store,
-    mailer: &Mailer,
-    job: &EmailDigestJob,
-    attempts: i64,
-) -> Outcome {
+async fn handle(sender: &DigestSender, job: &EmailDigestJob, attempts: i64) -> Disposition {
+    let DigestSender {
+        js,
+        directory,
+        sent,
+        mailer,
+    } = sender;
     let now = Utc::now();
     if job.due_at > now {
-        return Outcome::Later((job.due_at - now).to_std().unwrap_or_default());
+        return Disposition::Retry {
+            after: (job.due_at - now).to_std().unwrap_or_default(),
+        };
     }
     let transient = |what: &str, error: &dyn std::fmt::Display| {
         warn!(what, %error, "email digest postponed");
-        Outcome::Later(backoff(attempts))
+        Disposition::Retry {
+            after: backoff(attempts),
+        }
     };
     let sent_key = format!("{}.{}", job.conversation_id, job.recipient_id);
     let emailed_through = match sent.get(&sent_key).await {
@@ -207,27 +183,27 @@ async fn handle(
         Err(error) => return transient("sent lookup", &error),
     };
     match parley_nats::buckets::is_online(js, job.recipient_id).await {
-        Ok(true) => return Outcome::Done,
+        Ok(true) => return Disposition::Ack,
         Ok(false) => {}
         Err(error) => return transient("presence", &error),
     }
     let card = match directory.card(job.conversation_id).await {
         Ok(Some(card)) => card,
-        Ok(None) => return Outcome::Done,
+        Ok(None) => return Disposition::Ack,
         Err(error) => return transient("directory", &error),
     };
     let Some(recipient) = card.person(job.recipient_id).cloned() else {
-        return Outcome::Done;
+        return Disposition::Ack;
     };
     let Some(sender) = card.participants.iter().find(|p| p.id != recipient.id).cloned() else {
-        return Outcome::Done;
+        return Disposition::Ack;
     };
     let unread = match unread_since(js, job, sender.id, emailed_through).await {
         Ok(unread) => unread,
         Err(error) => return transient("reading messages", &error),
     };
     if unread.is_empty() {
-        return Outcome::Done;
+        return Disposition::Ack;
     }
     let through = unread.iter().map(|m| m.seq).max().unwrap_or(0);
     let message_id = format!("<digest.{sent_key}.{through}@parley>");
@@ -235,7 +211,7 @@ async fn handle(
         Ok(email) => email,
         Err(error) => {
             warn!(%error, "cannot compose this digest (bad address?); dropping it");
-            return Outcome::Done;
+            return Disposition::Ack;
         }
     };
     if let Err(error) = mailer.transport.send(email).await {
@@ -247,7 +223,7 @@ async fn handle(
     if let Err(error) = sent.put(&sent_key, through.to_string().into()).await {
         warn!(%error, "recording a sent digest failed");
     }
-    Outcome::Done
+    Disposition::Ack
 }
 
 /// The other party's messages above the recipient's read mark and above `emailed_through`.

@@ -2,29 +2,38 @@
 //! (one notification per recipient, on `parley.notification.<recipientId>`, kept in
 //! `PARLEY_NOTIFICATIONS`), and emails recipients who stay away.
 //!
-//! Three loops share one cancellation token and never wait on each other: the directory loop
-//! learns conversations from `parley.project.started`; the notify loop turns messages into
-//! notifications and, when email is on, queues one pending digest per (conversation, recipient);
-//! the email loop sends each digest when it falls due, if the recipient is still offline and has
-//! not read. Every publish is deduplicated by a deterministic `Nats-Msg-Id` and every ack follows
-//! the work, so any number of workers, killed at any point, send nothing twice.
+//! Three consumers share one cancellation token and never wait on each other, each run by the
+//! shared consumer runtime of `parley_nats::consume`: the directory learns conversations from
+//! `parley.project.started`; notify turns messages into notifications and, when email is on,
+//! queues one pending digest per (conversation, recipient); email sends each digest when it
+//! falls due, if the recipient is still offline and has not read. Every publish is deduplicated
+//! by a deterministic `Nats-Msg-Id` and every ack follows the work, so any number of workers,
+//! killed at any point, send nothing twice.
+//!
+//! Built as a library with the gateway's shape, so tests start the real thing:
+//! [`Application::build`] connects and binds the admin endpoint (port 0 in tests, then
+//! [`Application::admin_addr`]), [`Application::run_until_stopped`] runs until the token fires.
 
 mod directory;
 mod email;
 mod notify;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use lettre::message::Mailbox;
-use parley_service::config::{self, ConfigError};
+use parley_nats::consume::Runtime;
+use parley_service::admin::{self, AdminListener};
+use parley_service::config::{self, CommonConfig, ConfigError};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use directory::ConversationCard;
-pub use email::compose_digest;
+/// `PARLEY_ADMIN_LISTEN` when unset.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
 
-/// The worker's configuration, from the environment.
+/// The worker's configuration, from the environment. `NATS_URL`, `PARLEY_STREAM_REPLICAS` and
+/// `PARLEY_ADMIN_LISTEN` are read as every process reads them ([`CommonConfig`]).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `NATS_URL`
@@ -38,11 +47,21 @@ pub struct Config {
     /// `PARLEY_STREAM_REPLICAS`
     pub stream_replicas: usize,
     /// `PARLEY_ADMIN_LISTEN`: `/healthz`, `/readyz`, `/metrics` (default 127.0.0.1:9092).
-    pub admin_listen: std::net::SocketAddr,
+    pub admin_listen: SocketAddr,
+}
+
+/// `PARLEY_EMAIL_FROM` when unset: `Parley <no-reply@parley.local>`.
+fn default_email_from() -> Mailbox {
+    // Two constant parts that pass the address checks (a test parses the same mailbox).
+    Mailbox::new(
+        Some("Parley".into()),
+        lettre::Address::new_dangerous("no-reply", "parley.local"),
+    )
 }
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(DEFAULT_ADMIN_LISTEN)?;
         let smtp_url = config::optional("PARLEY_SMTP_URL");
         if let Some(url) = &smtp_url {
             lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|e| ConfigError {
@@ -50,43 +69,120 @@ impl Config {
                 problem: format!("not a usable SMTP URL: {e}"),
             })?;
         }
-        let from = config::or_default("PARLEY_EMAIL_FROM", "Parley <no-reply@parley.local>");
-        let email_from = from.parse().map_err(|e| ConfigError {
-            variable: "PARLEY_EMAIL_FROM",
-            problem: format!("not a mailbox ({e}); e.g. Parley <no-reply@example.com>"),
-        })?;
+        let email_from = match config::optional("PARLEY_EMAIL_FROM") {
+            None => default_email_from(),
+            Some(from) => from.parse().map_err(|e| ConfigError {
+                variable: "PARLEY_EMAIL_FROM",
+                problem: format!("not a mailbox ({e}); e.g. Parley <no-reply@example.com>"),
+            })?,
+        };
         Ok(Self {
-            nats_url: config::or_default("NATS_URL", "nats://127.0.0.1:4222"),
             smtp_url,
             email_from,
             email_delay: Duration::from_millis(config::parsed("PARLEY_EMAIL_DELAY_MS", 60_000u64)?),
-            stream_replicas: config::parsed("PARLEY_STREAM_REPLICAS", 1usize)?,
-            admin_listen: config::parsed(
-                "PARLEY_ADMIN_LISTEN",
-                std::net::SocketAddr::from(([127, 0, 0, 1], 9092)),
-            )?,
+            ..Self::new(common)
         })
+    }
+
+    /// The worker on `common`'s NATS, without email.
+    pub fn new(common: CommonConfig) -> Self {
+        Self {
+            nats_url: common.nats_url,
+            smtp_url: None,
+            email_from: default_email_from(),
+            email_delay: Duration::from_secs(60),
+            stream_replicas: common.stream_replicas,
+            admin_listen: common.admin_listen,
+        }
+    }
+
+    /// Emails through `smtp_url` once a recipient has stayed away `delay`.
+    pub fn with_email(mut self, smtp_url: impl Into<String>, delay: Duration) -> Self {
+        self.smtp_url = Some(smtp_url.into());
+        self.email_delay = delay;
+        self
     }
 }
 
-/// Runs until `shutdown` is cancelled; each loop finishes the message in hand.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    parley_service::telemetry::metrics();
-    let client = parley_nats::connect(&config.nats_url, "parley-notification-worker")
-        .await
-        .context("NATS_URL")?;
-    let ready: parley_service::admin::ReadinessCheck = {
-        let client = client.clone();
-        std::sync::Arc::new(move || {
-            let connected = client.connection_state() == async_nats::connection::State::Connected;
-            Box::pin(async move { connected })
+/// A worker connected and bound to its admin address, ready to run.
+pub struct Application {
+    config: Config,
+    client: async_nats::Client,
+    mailer: Option<email::Mailer>,
+    admin: AdminListener,
+}
+
+impl Application {
+    /// Starts connecting to NATS (retrying in the background while it is down), prepares the
+    /// SMTP transport if email is on, and binds the admin endpoint. Waiting for NATS to answer
+    /// is [`Application::run_until_stopped`]'s, so that it can be stopped meanwhile.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything records.
+        parley_service::telemetry::metrics();
+        let client = parley_nats::connect(&config.nats_url, "parley-notification-worker")
+            .await
+            .context("NATS_URL")?;
+        let mailer = match &config.smtp_url {
+            Some(url) => Some(email::Mailer::new(url, config.email_from.clone()).context("PARLEY_SMTP_URL")?),
+            None => None,
+        };
+        let admin = AdminListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
+        Ok(Self {
+            config,
+            client,
+            mailer,
+            admin,
         })
-    };
-    let (admin_addr, admin) = parley_service::admin::serve(config.admin_listen, ready, shutdown.clone())
-        .await
-        .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
-    info!(%admin_addr, "admin endpoint listening");
-    let js = parley_nats::jetstream(client.clone());
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (the real port when 0 was asked).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Applies streams, buckets and consumers (retrying until they succeed or `shutdown` fires),
+    /// then consumes until `shutdown`; each consumer finishes the messages in hand.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            client,
+            mailer,
+            admin,
+        } = self;
+        let ready = {
+            let client = client.clone();
+            admin::readiness(move || {
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                async move { connected }
+            })
+        };
+        info!(admin_addr = %admin.local_addr(), "admin endpoint listening");
+        let admin = admin.serve(ready, shutdown.clone());
+        // Each consumer flushes its own acks when it stops.
+        let consumed = consume(&config, client, mailer, &shutdown).await;
+        shutdown.cancel();
+        let _ = admin.await;
+        info!("notification worker stopped");
+        consumed
+    }
+}
+
+/// Starts the worker and runs it until `shutdown`: [`Application::build`], then
+/// [`Application::run_until_stopped`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(config).await?.run_until_stopped(shutdown).await
+}
+
+/// Waits for NATS, then runs the three consumers until `shutdown`.
+async fn consume(
+    config: &Config,
+    client: async_nats::Client,
+    mailer: Option<email::Mailer>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let js = parley_nats::jetstream(client);
     let replicas = config.stream_replicas;
     let setup = || async {
         parley_nats::ensure_streams(&js, replicas).await?;
@@ -99,15 +195,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok::<_, parley_nats::SetupError>((directory, sent, projects, messages, jobs))
     };
     let Some((directory, sent, projects, messages, jobs)) =
-        parley_service::retry_until("applying streams and consumers", &shutdown, setup).await
+        parley_service::retry_until("applying streams and consumers", shutdown, setup).await
     else {
         return Ok(());
     };
     let directory = directory::Directory::new(directory);
-    let emailing = config.smtp_url.is_some();
-    info!(email = emailing, "notification worker running");
+    info!(email = mailer.is_some(), "notification worker running");
 
-    let mut tasks = tokio::task::JoinSet::new();
     let gauges = parley_nats::spawn_consumer_gauges(
         js.clone(),
         vec![
@@ -117,28 +211,50 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ],
         shutdown.clone(),
     );
-    tasks.spawn(directory::run(projects, directory.clone(), shutdown.clone()));
-    tasks.spawn(notify::run(
-        messages,
-        js.clone(),
-        directory.clone(),
-        emailing.then_some(config.email_delay),
-        shutdown.clone(),
-    ));
-    if let Some(url) = &config.smtp_url {
-        let mailer = email::Mailer::new(url, config.email_from.clone())?;
-        tasks.spawn(email::run(jobs, js.clone(), directory, sent, mailer, shutdown.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    let learner = directory::Learner(directory.clone());
+    tasks.spawn(Runtime::new(js.clone(), projects).run(learner, shutdown.clone()));
+    let notifier = notify::Notifier {
+        js: js.clone(),
+        directory: directory.clone(),
+        email_delay: mailer.is_some().then_some(config.email_delay),
+    };
+    tasks.spawn(
+        Runtime::new(js.clone(), messages)
+            .concurrency(notify::CONCURRENCY)
+            .run(notifier, shutdown.clone()),
+    );
+    if let Some(mailer) = mailer {
+        let sender = email::DigestSender {
+            js: js.clone(),
+            directory,
+            sent,
+            mailer,
+        };
+        tasks.spawn(Runtime::new(js.clone(), jobs).run(sender, shutdown.clone()));
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
+        // One consumer ending ends the others: the worker stops as a whole.
         shutdown.cancel();
-        if let Ok(Err(error)) = joined {
-            result = Err(error);
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(error).context("a consumer could not start"),
+            Err(error) => result = Err(error).context("a consumer panicked"),
         }
     }
     let _ = gauges.await;
-    let _ = admin.await;
-    client.flush().await.ok();
-    info!("notification worker stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_sender_is_a_valid_mailbox() {
+        let parsed: Mailbox = "Parley <no-reply@parley.local>".parse().unwrap();
+        assert_eq!(default_email_from(), parsed);
+        assert_eq!(default_email_from().to_string(), parsed.to_string());
+    }
 }

@@ -1,21 +1,27 @@
 //! `parley-notification-worker`: see the library for what it does.
 
+use std::process::ExitCode;
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     parley_service::init_tracing();
     let config = match parley_notification_worker::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("parley-notification-worker: {error}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     let shutdown = parley_service::shutdown_on_signals();
-    match parley_notification_worker::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let result = async {
+        let app = parley_notification_worker::Application::build(config).await?;
+        app.run_until_stopped(shutdown).await
+    };
+    match result.await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "notification worker stopped");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

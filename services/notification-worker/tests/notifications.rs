@@ -8,7 +8,8 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use chrono::Utc;
 use futures::StreamExt;
 use parley_events::{Notification, ReadMarked, subjects};
-use parley_notification_worker::{Config, run};
+use parley_notification_worker::{Application, Config};
+use parley_service::config::CommonConfig;
 use parley_test_support::smtp::{SmtpServer, free_port};
 use parley_test_support::{
     NatsServer, ProjectFixture, consumer_caught_up, consumer_info, eventually, publish_json, publish_message,
@@ -32,20 +33,34 @@ async fn env() -> Env {
 }
 
 fn config(env: &Env, smtp: Option<String>, delay: Duration) -> Config {
-    Config {
-        nats_url: env.nats.url(),
-        smtp_url: smtp,
-        email_from: "Parley <no-reply@parley.local>".parse().unwrap(),
-        email_delay: delay,
-        stream_replicas: 1,
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
+    let config = Config::new(CommonConfig::local(env.nats.url()));
+    match smtp {
+        Some(url) => config.with_email(url, delay),
+        None => config,
     }
 }
 
-fn spawn_worker(config: Config) -> CancellationToken {
+/// A worker in this process, its admin endpoint on a port the system picked.
+struct Worker {
+    admin: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_worker(config: Config) -> Worker {
+    let app = Application::build(config).await.expect("the worker builds");
+    let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(run(config, shutdown.clone()));
-    shutdown
+    let stopped = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Worker {
+        admin,
+        shutdown,
+        stopped,
+    }
+}
+
+async fn spawn_worker(config: Config) -> CancellationToken {
+    start_worker(config).await.shutdown
 }
 
 /// Waits until the worker's message consumer has acknowledged everything in the chat stream.
@@ -91,7 +106,7 @@ async fn each_message_notifies_each_recipient_once_with_the_project_reference_an
     let mut project = ProjectFixture::new("Logo «Ünïcode» \"quoted\" & <tags>");
     project.event.provider.display_name = "Provider Person".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
+    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60))).await;
 
     let first = project.message(project.client(), "hello provider");
     let second = project.message(project.provider(), &"long reply ".repeat(30));
@@ -181,7 +196,7 @@ async fn each_message_notifies_each_recipient_once_with_the_project_reference_an
 async fn a_message_of_a_conversation_not_known_yet_is_retried_until_it_is() {
     let env = env().await;
     let project = ProjectFixture::new("Late start");
-    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60)));
+    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60))).await;
     let early = project.message(project.client(), "before the project event");
     publish_message(&env.js, &early).await;
     project.publish_started(&env.js).await;
@@ -255,7 +270,7 @@ async fn an_offline_recipient_gets_one_email_for_two_messages_sent_within_the_wi
     let mut project = ProjectFixture::new("Website redesign");
     project.event.client.display_name = "Carla Client".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "first question")).await;
     publish_message(&env.js, &project.message(project.client(), "second question")).await;
 
@@ -308,7 +323,7 @@ async fn an_online_recipient_and_one_who_read_in_time_get_no_email() {
         )
         .await
         .unwrap();
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
 
     publish_message(&env.js, &online.message(online.client(), "you are here")).await;
     let seq = publish_message(&env.js, &reader.message(reader.client(), "read me")).await;
@@ -343,7 +358,7 @@ async fn a_hostile_display_name_produces_no_extra_header_and_no_live_markup() {
     let mut project = ProjectFixture::new("Title <i>x</i>\r\nX-Title-Injected: 1");
     project.event.client.display_name = "Eve\r\nBcc: victim@example.test\r\n<b>bold</b>".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY));
+    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "<script>alert(1)</script>")).await;
 
     let mail = smtp.wait_for(1, PATIENCE).await;
@@ -371,7 +386,7 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
     let port = free_port();
     let project = ProjectFixture::new("Outage");
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(format!("smtp://127.0.0.1:{port}")), DELAY));
+    let shutdown = spawn_worker(config(&env, Some(format!("smtp://127.0.0.1:{port}")), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "are you there?")).await;
 
     // Notifications do not wait for email.
@@ -389,4 +404,37 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
     assert_eq!(mail.len(), 1);
     assert_eq!(smtp.received().len(), 1, "sent once");
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
+    let env = env().await;
+    let worker = start_worker(config(&env, None, Duration::from_secs(60))).await;
+    assert_ne!(worker.admin.port(), 0);
+    assert_eq!(
+        parley_test_support::http::request(worker.admin, "GET", "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+    eventually("the worker to be ready", PATIENCE, || async {
+        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    worker.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker.stopped).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn a_worker_started_while_nats_is_down_still_stops_when_told() {
+    let mut env = env().await;
+    env.nats.kill();
+    let worker = start_worker(config(&env, None, Duration::from_secs(60))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!worker.stopped.is_finished(), "it waits for NATS rather than exit");
+    worker.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), worker.stopped).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }

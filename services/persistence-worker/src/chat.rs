@@ -1,19 +1,21 @@
 //! Messages and read marks, in batches. A batch is whatever the consumer has ready, up to the
 //! configured size: under load that amortises one commit over hundreds of rows, when idle a single
-//! message is written at once. The order per batch is: classify, write in one transaction, bury
-//! what can never apply, then ack the rest. Acks are plain (not confirmed by the server): a lost
-//! one only means a redelivery, which the idempotent writes turn into a no-op, while confirming
-//! each would cost a round trip per message.
+//! message is written at once. The order per batch is: classify, write in one transaction, then
+//! settle each message as its [`Disposition`] says (ack, retry later, bury what can never apply).
+//! This loop is its own rather than the shared consumer runtime's because its unit of work is
+//! the batch, not the message; what becomes of each message is spelled the same way, and settled
+//! by the same [`Settler`]. Acks are plain, as everywhere (see `parley_nats::consume`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
 use parley_domain::validation::validate_body;
 use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
+use parley_nats::consume::{Disposition, Settler};
 use parley_store::{BatchWritten, MessageRow, ReadMarkRow, Store, StoreError};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::{MAX_EARLY_ATTEMPTS, RETRY_DELAY, dead_letter};
+use crate::WAITING_FOR_START;
 
 pub(crate) async fn run(
     consumer: PullConsumer,
@@ -32,6 +34,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let mut messages = consumer.stream().max_messages_per_batch(batch_size).messages().await?;
     let members = Members::default();
+    let settler = Settler::new(crate::dead_letters(&js));
     let mut in_flight: JoinSet<Totals> = JoinSet::new();
     let mut totals = Totals::default();
     // Each batch commits only once the one before it has: one worker commits in stream order.
@@ -79,16 +82,16 @@ pub(crate) async fn run(
                 None => break,
             }
         }
-        let (store, js, members) = (store.clone(), js.clone(), members.clone());
+        let (store, settler, members) = (store.clone(), settler.clone(), members.clone());
         let (turn, next) = WriteTurn::chain(previous_turn.take());
         previous_turn = Some(next);
-        in_flight.spawn(async move { process_batch(&store, &js, &members, turn, batch).await });
+        in_flight.spawn(async move { process_batch(&store, &settler, &members, turn, batch).await });
     }
     while let Some(done) = in_flight.join_next().await {
         totals.add(done.context("a batch task panicked")?);
     }
     // Acks are published without waiting for the server's confirmation: send them before going.
-    if let Err(error) = js.client().flush().await {
+    if let Err(error) = parley_nats::flush(&js.client()).await {
         warn!(%error, "flushing the last acks failed; their events will be redelivered");
     }
     info!(
@@ -249,7 +252,7 @@ fn classify(message: &jetstream::Message) -> Classified {
 
 async fn process_batch(
     store: &Store,
-    js: &jetstream::Context,
+    settler: &Settler,
     members: &Members,
     turn: WriteTurn,
     batch: Vec<jetstream::Message>,
@@ -269,45 +272,44 @@ async fn process_batch(
     let members = match members.of(store, conversations).await {
         Ok(members) => members,
         Err(error) => {
-            retry_later(&batch, &error.to_string()).await;
+            retry_later(settler, &batch, &error.to_string()).await;
             return Totals::default();
         }
     };
 
+    // What becomes of each message, by its index in the batch: acked unless found otherwise.
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
     let mut rows: HashMap<Uuid, MessageRow> = HashMap::new();
     let mut message_count = 0u64;
     let mut reads = Vec::new();
-    let mut dead: Vec<(usize, String)> = Vec::new();
     // A conversation with no participants found is not created yet: its `project.started` may
     // still be on its way (both backlogs drain at once after an outage). Its events come back
     // later, and are buried only once the start has had time to come.
     let known: HashSet<Uuid> = members.iter().map(|(conversation, _)| *conversation).collect();
-    let mut not_yet: Vec<usize> = Vec::new();
-    let mut wait_or_bury = |index: usize, dead: &mut Vec<(usize, String)>| {
-        let attempts = batch[index].info().map(|i| i.delivered).unwrap_or(i64::MAX);
-        if attempts >= MAX_EARLY_ATTEMPTS {
-            dead.push((
-                index,
-                "the conversation does not exist (its project never started)".into(),
-            ));
-        } else {
-            not_yet.push(index);
-        }
+    let not_started = |index: usize| {
+        WAITING_FOR_START.retry_or_bury(
+            &batch[index],
+            "the conversation does not exist (its project never started)",
+        )
     };
     for (index, item) in classified.into_iter().enumerate() {
-        match item {
-            Classified::Message(row) if !known.contains(&row.conversation_id) => wait_or_bury(index, &mut dead),
-            Classified::Read(row) if !known.contains(&row.conversation_id) => wait_or_bury(index, &mut dead),
+        dispositions[index] = match item {
+            Classified::Message(row) if !known.contains(&row.conversation_id) => not_started(index),
+            Classified::Read(row) if !known.contains(&row.conversation_id) => not_started(index),
             Classified::Message(row) if members.contains(&(row.conversation_id, row.sender_id)) => {
                 // A redelivery inside one batch carries the same id: keep one.
                 message_count += 1;
                 rows.entry(row.id).or_insert(row);
+                Disposition::Ack
             }
-            Classified::Message(_) => dead.push((index, "sender is not a participant of the conversation".into())),
-            Classified::Read(row) if members.contains(&(row.conversation_id, row.user_id)) => reads.push(row),
-            Classified::Read(_) => dead.push((index, "reader is not a participant of the conversation".into())),
-            Classified::Dead(reason) => dead.push((index, reason)),
-        }
+            Classified::Message(_) => Disposition::bury("sender is not a participant of the conversation"),
+            Classified::Read(row) if members.contains(&(row.conversation_id, row.user_id)) => {
+                reads.push(row);
+                Disposition::Ack
+            }
+            Classified::Read(_) => Disposition::bury("reader is not a participant of the conversation"),
+            Classified::Dead(reason) => Disposition::Bury { reason },
+        };
     }
 
     let mut rows: Vec<MessageRow> = rows.into_values().collect();
@@ -340,39 +342,24 @@ async fn process_batch(
             }
         }
         Err(error) => {
-            retry_later(&batch, &error.to_string()).await;
+            retry_later(settler, &batch, &error.to_string()).await;
             return Totals::default();
         }
     };
 
-    let naks = not_yet
+    // The rows are committed: a lost ack only means a redelivery, rewritten as a no-op.
+    let settled = batch
         .iter()
-        .map(|index| batch[*index].ack_with(AckKind::Nak(Some(RETRY_DELAY))));
-    futures::future::join_all(naks).await;
-    let mut dead_indices: HashSet<usize> = dead.iter().map(|(i, _)| *i).collect();
-    dead_indices.extend(not_yet);
-    for (index, reason) in &dead {
-        match dead_letter::bury(js, &batch[*index], reason).await {
-            Ok(()) => metrics::counter!("parley_persistence_dead_lettered_total").increment(1),
-            Err(error) => warn!(%error, "dead-lettering failed; the event will be redelivered"),
-        }
-    }
-    let acks = batch
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !dead_indices.contains(i))
-        .map(|(_, m)| m.ack());
-    for result in futures::future::join_all(acks).await {
-        if let Err(error) = result {
-            // The rows are committed; a redelivery rewrites them as no-ops.
-            warn!(%error, "ack failed; the event will be redelivered");
-        }
-    }
+        .zip(dispositions)
+        .map(|(message, disposition)| settler.settle(message, disposition));
+    futures::future::join_all(settled).await;
     totals
 }
 
-async fn retry_later(batch: &[jetstream::Message], error: &str) {
+async fn retry_later(settler: &Settler, batch: &[jetstream::Message], error: &str) {
     warn!(error, batch = batch.len(), "writing a batch failed; it will be retried");
-    let naks = batch.iter().map(|m| m.ack_with(AckKind::Nak(Some(RETRY_DELAY))));
+    let naks = batch
+        .iter()
+        .map(|message| settler.settle(message, Disposition::retry_soon()));
     futures::future::join_all(naks).await;
 }

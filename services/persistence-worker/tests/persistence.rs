@@ -8,7 +8,8 @@ use async_nats::jetstream;
 use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
 use parley_events::subjects;
-use parley_persistence_worker::{Config, run};
+use parley_persistence_worker::{Application, Config};
+use parley_service::config::CommonConfig;
 use parley_store::{HistoryQuery, MessageRow};
 use parley_test_support::{
     NatsServer, ProjectFixture, TestDatabase, consumer_caught_up, consumer_info, conversation_exists, eventually,
@@ -35,19 +36,30 @@ async fn env() -> Env {
 }
 
 fn config(env: &Env) -> Config {
-    Config {
-        nats_url: env.nats.url(),
-        database_url: env.db.url.clone(),
-        batch_size: 200,
-        stream_replicas: 1,
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
+    Config::new(CommonConfig::local(env.nats.url()), env.db.url.clone()).with_batch_size(200)
+}
+
+/// A worker in this process, its admin endpoint on a port the system picked.
+struct Worker {
+    admin: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_worker(env: &Env) -> Worker {
+    let app = Application::build(config(env)).await.expect("the worker builds");
+    let admin = app.admin_addr();
+    let shutdown = CancellationToken::new();
+    let stopped = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Worker {
+        admin,
+        shutdown,
+        stopped,
     }
 }
 
-fn spawn_worker(env: &Env) -> CancellationToken {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run(config(env), shutdown.clone()));
-    shutdown
+async fn spawn_worker(env: &Env) -> CancellationToken {
+    start_worker(env).await.shutdown
 }
 
 async fn stored_count(db: &TestDatabase, conversation: Uuid) -> i64 {
@@ -86,7 +98,7 @@ async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts(
     project.publish_started(&env.js).await;
     project.publish_started(&env.js).await;
 
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     conversation_exists(&env.db, &project).await;
     // Both events are consumed before we count.
     eventually("both started events to be acked", PATIENCE, || async {
@@ -130,7 +142,7 @@ async fn a_closed_project_turns_its_conversation_read_only_and_closing_twice_is_
     project.publish_started(&env.js).await;
     project.publish_closed(&env.js).await;
     project.publish_closed(&env.js).await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     let store = env.db.store();
     let id = project.conversation_id();
     eventually("the conversation to close", PATIENCE, || async {
@@ -146,7 +158,7 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
     let env = env().await;
     let project = ProjectFixture::new("Messages");
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     conversation_exists(&env.db, &project).await;
 
     let first = project.message(project.client(), "hello");
@@ -247,7 +259,7 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
     let env = env().await;
     let project = ProjectFixture::new("Poison");
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     conversation_exists(&env.db, &project).await;
 
     let intruder = project.message(Uuid::new_v4(), "I am not a participant");
@@ -281,7 +293,7 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
 #[tokio::test]
 async fn a_message_that_arrives_before_its_project_starts_is_stored_once_the_project_starts() {
     let env = env().await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     let project = ProjectFixture::new("Early bird");
     let early = project.message(project.client(), "sent before the start event was applied");
     publish_message(&env.js, &early).await;
@@ -315,7 +327,7 @@ async fn a_message_that_arrives_before_its_project_starts_is_stored_once_the_pro
 #[tokio::test]
 async fn a_message_for_a_conversation_that_never_starts_is_dead_lettered_after_its_retries() {
     let env = env().await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     let project = ProjectFixture::new("Never started");
     let orphan = project.message(project.client(), "nobody will ever store this");
     publish_message(&env.js, &orphan).await;
@@ -455,7 +467,7 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     let env = env().await;
     let project = ProjectFixture::new("Reads");
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     conversation_exists(&env.db, &project).await;
     let conversation = project.conversation_id();
     let read = |seq: i64| parley_events::ReadMarked {
@@ -516,7 +528,7 @@ async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
     for i in 0..total {
         publish_message(&env.js, &project.message(project.client(), &format!("backlog {i}"))).await;
     }
-    let shutdown = spawn_worker(&env);
+    let shutdown = spawn_worker(&env).await;
     let pool = env.db.store();
     let mut observations = 0;
     loop {
@@ -539,4 +551,38 @@ async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
     }
     assert!(observations > 1, "the backlog was never seen part-way");
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
+    let env = env().await;
+    let worker = start_worker(&env).await;
+    assert_ne!(worker.admin.port(), 0);
+    assert_eq!(
+        parley_test_support::http::request(worker.admin, "GET", "/healthz", None, None)
+            .await
+            .status,
+        200
+    );
+    eventually("the worker to be ready", PATIENCE, || async {
+        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    worker.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker.stopped).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn a_worker_started_while_nats_is_down_still_stops_when_told() {
+    let mut env = env().await;
+    env.nats.kill();
+    let worker = start_worker(&env).await;
+    // It waits for NATS, retrying; then it is told to stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!worker.stopped.is_finished(), "it waits for NATS rather than exit");
+    worker.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), worker.stopped).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }
