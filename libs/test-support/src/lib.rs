@@ -8,6 +8,8 @@
 
 pub mod http;
 pub mod nats;
+pub mod postgres;
+pub mod process;
 pub mod smtp;
 
 use std::future::Future;

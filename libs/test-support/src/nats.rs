@@ -1,17 +1,18 @@
-//! A private nats-server per test: its own port and JetStream folder, killed on drop. Tests that
-//! restart NATS under running services call [`NatsServer::restart`], which keeps port and data.
+//! A private nats-server per test: its own port and JetStream folder, stopped on drop (a
+//! [`Process`]: SIGTERM, then SIGKILL if it lingers). Tests that restart NATS under running
+//! services call [`NatsServer::restart`], which keeps port and data.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::process::{Process, ProcessBuilder, free_port};
 
 #[derive(Debug)]
 pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     config: Option<PathBuf>,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 fn binary() -> String {
@@ -31,14 +32,6 @@ fn config_from_env() -> Option<PathBuf> {
     Some(path)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl NatsServer {
     /// Starts a fresh JetStream-enabled server, with the configuration `PARLEY_TEST_NATS_CONFIG`
     /// names if any, and waits until it accepts connections.
@@ -51,10 +44,10 @@ impl NatsServer {
         let dir = std::env::temp_dir().join(format!("parley-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("nats dir");
         let mut server = NatsServer {
-            port: free_port(),
+            port: free_port().expect("a free port"),
             dir,
             config,
-            child: None,
+            process: None,
         };
         server.spawn();
         server
@@ -66,44 +59,30 @@ impl NatsServer {
 
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().and_then(Process::pid)
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
-        let mut command = Command::new(binary());
+        let mut builder = ProcessBuilder::new(binary()).name("nats-server");
         if let Some(config) = &self.config {
-            command.arg("-c").arg(config);
+            builder = builder.arg("-c").arg(config);
         }
-        let child = command
+        let process = builder
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.dir.join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(log)
+            .log_file(self.dir.join("nats.log"))
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start nats-server ({}): {e}; set PARLEY_TEST_NATS_SERVER",
-                    binary()
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not come up on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            .unwrap_or_else(|e| panic!("{e}; set PARLEY_TEST_NATS_SERVER"));
+        let process = self.process.insert(process);
+        if let Err(e) = process.wait_for_port(self.port, Duration::from_secs(20)) {
+            panic!("nats-server did not come up: {e}");
         }
     }
 
     /// Kills the server (SIGKILL) and waits for it to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -116,7 +95,8 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        self.kill();
+        // Stopped before its folder goes.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
