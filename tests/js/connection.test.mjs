@@ -10,16 +10,18 @@ import { after, before, describe, test } from "node:test";
 
 import { EVENT_TIMEOUT_MS, startStack, withTimeout } from "./harness.mjs";
 
+/** Sockets opened at once; each emits `conversation:list` from its `connect` handler. */
+const SOCKETS = Number(process.env.PARLEY_JS_CONNECT_SOCKETS ?? 40);
+
 let stack;
 before(async () => {
-  stack = await startStack();
+  // One user opens all the sockets: the race is the point here, not the per-user cap.
+  stack = await startStack({ gatewayEnv: { PARLEY_MAX_SOCKETS_PER_USER: String(SOCKETS) } });
 });
 after(async () => {
   await stack?.stop();
 });
 
-/** Sockets opened at once; each emits `conversation:list` from its `connect` handler. */
-const SOCKETS = Number(process.env.PARLEY_JS_CONNECT_SOCKETS ?? 40);
 
 describe("events emitted as soon as the socket is connected", () => {
   for (const [label, transports] of [

@@ -222,10 +222,11 @@ const TOKEN_SECRET = `parley-js-test-secret-${randomBytes(12).toString("hex")}`;
 /**
  * Starts nats-server, a fresh database, the persistence worker and the gateway; resolves once
  * `GET /readyz` answers 200. Always call `stop()` afterwards (also when this throws: a partially
- * started stack is stopped before the error propagates).
+ * started stack is stopped before the error propagates). `gatewayEnv` adds to the gateway's
+ * environment (e.g. a limit of the contract's configuration table).
  */
-export async function startStack() {
-  const stack = new Stack();
+export async function startStack({ gatewayEnv = {} } = {}) {
+  const stack = new Stack(gatewayEnv);
   try {
     await stack.start();
   } catch (error) {
@@ -236,7 +237,8 @@ export async function startStack() {
 }
 
 class Stack {
-  constructor() {
+  constructor(gatewayEnv = {}) {
+    this.gatewayEnv = gatewayEnv;
     this.children = [];
     this.sockets = new Set();
     this.secret = TOKEN_SECRET;
@@ -286,6 +288,7 @@ class Stack {
       ...common,
       PARLEY_JWT_SECRET: this.secret,
       PARLEY_LISTEN: `127.0.0.1:${httpPort}`,
+      ...this.gatewayEnv,
     });
     this.url = `http://127.0.0.1:${httpPort}`;
     await pollUntil(

@@ -204,7 +204,7 @@ pub fn spawn_consumer_gauges(
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             for definition in &definitions {

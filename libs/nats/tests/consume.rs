@@ -2,6 +2,9 @@
 //! what it says, burials keep the dead-letter format the CLI reads, "retry then bury" counts
 //! deliveries, handlers run concurrently, and shutdown finishes and acks the messages in hand.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,7 +73,7 @@ async fn dead_letters(js: &jetstream::Context, count: usize) -> Vec<(DeadLetter,
             .headers
             .as_ref()
             .and_then(|h| h.get(parley_nats::MSG_ID_HEADER))
-            .map(|v| v.to_string())
+            .map(std::string::ToString::to_string)
             .unwrap_or_default();
         letters.push((
             serde_json::from_slice(&message.payload).unwrap(),

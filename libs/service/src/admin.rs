@@ -39,10 +39,15 @@ pub struct AdminListener {
 }
 
 impl AdminListener {
-    /// Binds `listen` (port 0 picks a free port).
-    pub async fn bind(listen: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+    /// Binds `listen` (port 0 picks a free port); the error names `PARLEY_ADMIN_LISTEN`, where
+    /// the address came from.
+    pub async fn bind(listen: SocketAddr) -> Result<Self, crate::config::ConfigError> {
+        let cannot_bind = |error: std::io::Error| crate::config::ConfigError {
+            variable: "PARLEY_ADMIN_LISTEN",
+            problem: format!("cannot bind {listen}: {error}"),
+        };
+        let listener = TcpListener::bind(listen).await.map_err(cannot_bind)?;
+        let addr = listener.local_addr().map_err(cannot_bind)?;
         Ok(Self { listener, addr })
     }
 

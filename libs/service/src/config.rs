@@ -3,7 +3,6 @@
 //! variable, instead of failing later deep inside a request.
 
 use std::fmt::Display;
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// A configuration value that cannot be used.
@@ -83,15 +82,12 @@ pub struct CommonConfig {
     pub stream_replicas: usize,
     /// `PARLEY_LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
-    /// `PARLEY_ADMIN_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are served; each
-    /// process passes its own default.
-    pub admin_listen: SocketAddr,
 }
 
 impl CommonConfig {
-    /// Reads the shared variables; `default_admin` is this process's admin address when
-    /// `PARLEY_ADMIN_LISTEN` is unset.
-    pub fn from_env(default_admin: SocketAddr) -> Result<Self, ConfigError> {
+    /// Reads the shared variables. (Each worker reads `PARLEY_ADMIN_LISTEN` itself, with a
+    /// default of its own; the gateway serves its probes and metrics on its API port.)
+    pub fn from_env() -> Result<Self, ConfigError> {
         let stream_replicas = parsed("PARLEY_STREAM_REPLICAS", 1usize)?;
         if !(1..=5).contains(&stream_replicas) {
             return Err(ConfigError {
@@ -103,18 +99,15 @@ impl CommonConfig {
             nats_url: or_default("NATS_URL", parley_nats::DEFAULT_URL),
             stream_replicas,
             log_format: parsed("PARLEY_LOG_FORMAT", LogFormat::default())?,
-            admin_listen: parsed("PARLEY_ADMIN_LISTEN", default_admin)?,
         })
     }
 
-    /// A process on `nats_url` with one replica and its admin endpoint on a port the system
-    /// picks (`127.0.0.1:0`): what tests start.
+    /// A process on `nats_url` with one replica: what tests start.
     pub fn local(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
             stream_replicas: 1,
             log_format: LogFormat::default(),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -131,10 +124,10 @@ mod tests {
     }
 
     #[test]
-    fn a_local_config_binds_its_admin_endpoint_on_port_zero() {
+    fn a_local_config_has_one_replica_and_pretty_logs() {
         let config = CommonConfig::local("nats://127.0.0.1:1");
-        assert_eq!(config.admin_listen.port(), 0);
         assert_eq!(config.stream_replicas, 1);
+        assert_eq!(config.log_format, LogFormat::Pretty);
     }
 
     #[test]

@@ -104,12 +104,12 @@ where
         match outcome {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(%error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "{what} failed")
+                tracing::warn!(%error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "{what} failed");
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }

@@ -76,8 +76,10 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -658,7 +660,7 @@ struct SharedState {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, SharedState> {
         // The state stays consistent even if a holder panicked.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn disconnected(&self) -> Error {

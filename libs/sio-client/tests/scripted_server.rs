@@ -2,6 +2,9 @@
 //! Socket.IO server will not produce on demand: missing heartbeats, malformed
 //! packets, binary events, other namespaces, exact bytes sent by the client.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! End-to-end tests against a real Socket.IO server: socketioxide, the library the
 //! gateway is built on, served by axum on an ephemeral port.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use parley_sio_client::{Client, DisconnectReason, Error};
@@ -101,7 +104,7 @@ async fn refused_without_valid_token() {
     for auth in [json!({ "token": "bad" }), json!({}), Value::Null] {
         match Client::connect(&server.url, auth.clone()).await {
             Err(Error::ConnectRefused(message)) => {
-                assert_eq!(message, "missing or invalid token", "auth {auth}")
+                assert_eq!(message, "missing or invalid token", "auth {auth}");
             }
             other => panic!("auth {auth}: expected ConnectRefused, got {other:?}"),
         }

@@ -216,6 +216,21 @@ impl Store {
         Ok(mark.unwrap_or(0))
     }
 
+    /// How many of the other party's stored messages lie above `mark`: the unread count of a
+    /// participant whose mark moved to `mark` before the worker applied it.
+    pub async fn unread_above(&self, conversation_id: Uuid, user_id: Uuid, mark: i64) -> Result<i64, StoreError> {
+        let unread = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "unread!" FROM messages
+                WHERE conversation_id = $1 AND sender_id <> $2 AND seq > $3"#,
+            conversation_id,
+            user_id,
+            mark,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(unread)
+    }
+
     /// The sequence of the conversation's latest stored message, if any.
     pub async fn latest_seq(&self, conversation_id: Uuid) -> Result<Option<i64>, StoreError> {
         let seq = sqlx::query_scalar!(

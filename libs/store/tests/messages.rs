@@ -2,6 +2,9 @@
 //! redelivered or duplicated message is stored once, and the last message only moves forward.
 //! (The persistence worker's tests cover the same writes arriving through JetStream.)
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use chrono::Utc;
 use parley_store::MessageRow;
 use parley_test_support::{ProjectFixture, TestDatabase};

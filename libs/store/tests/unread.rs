@@ -2,6 +2,9 @@
 //! exact under redelivery, late (out-of-order) messages and transactions that overlap on one
 //! participant. Each test checks the kept count against a count from the stored messages.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -197,4 +200,66 @@ async fn a_mark_moved_while_messages_commit_recounts_them() {
     storing.await.unwrap().unwrap();
     assert_eq!(marking.await.unwrap().unwrap(), 1);
     c.assert_unread(client, 1, "8 is above the mark").await;
+}
+
+/// One write the persistence worker may make, in any order the stream's redeliveries allow.
+#[derive(Debug, Clone)]
+enum Write {
+    /// A message at `seq` from the client (`true`) or the provider; the same `seq` again is a
+    /// redelivery of the same message.
+    Message { from_client: bool, seq: i64 },
+    /// A read mark of the client (`true`) or the provider, to `seq`.
+    Mark { of_client: bool, seq: i64 },
+}
+
+fn write() -> impl proptest::strategy::Strategy<Value = Write> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (any::<bool>(), 1i64..30).prop_map(|(from_client, seq)| Write::Message { from_client, seq }),
+        1 => (any::<bool>(), 0i64..32).prop_map(|(of_client, seq)| Write::Mark { of_client, seq }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever order messages, redeliveries and read marks arrive in, each participant's mark
+    /// only moves forward and the kept unread count is the other party's messages above it, as
+    /// is the count for a mark the worker has not applied yet (`unread_above`).
+    #[test]
+    fn marks_only_move_forward_and_the_kept_count_is_always_the_model(
+        writes in proptest::collection::vec(write(), 1..40)
+    ) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let db = TestDatabase::create().await;
+            let c = Conversation::new(&db).await;
+            let (client, provider) = (c.project.client(), c.project.provider());
+            let mut messages: std::collections::BTreeMap<i64, (bool, MessageRow)> = std::collections::BTreeMap::new();
+            let mut marks = (0i64, 0i64);
+            for w in &writes {
+                match *w {
+                    Write::Message { from_client, seq } => {
+                        let sender = if from_client { client } else { provider };
+                        let (_, row) = messages.entry(seq).or_insert_with(|| (from_client, c.message(sender, seq)));
+                        c.store.insert_messages(std::slice::from_ref(row)).await.unwrap();
+                    }
+                    Write::Mark { of_client, seq } => {
+                        let user = if of_client { client } else { provider };
+                        c.store.apply_read_marks(&[c.mark(user, seq)]).await.unwrap();
+                        let mark = if of_client { &mut marks.0 } else { &mut marks.1 };
+                        *mark = (*mark).max(seq);
+                    }
+                }
+                for (user, mark, is_client) in [(client, marks.0, true), (provider, marks.1, false)] {
+                    let expected = messages.iter().filter(|(seq, (from_client, _))| **seq > mark && *from_client != is_client).count() as i64;
+                    assert_eq!(c.store.read_mark(c.project.conversation_id(), user).await.unwrap(), mark, "after {w:?}");
+                    assert_eq!(c.unread(user).await, expected, "after {w:?}");
+                    let above = c.store.unread_above(c.project.conversation_id(), user, mark).await.unwrap();
+                    assert_eq!(above, expected, "unread_above after {w:?}");
+                }
+            }
+            c.store.pool().close().await;
+        });
+    }
 }

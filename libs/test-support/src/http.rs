@@ -7,12 +7,24 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A response: status and body parsed as JSON (`Value::Null` when empty or not JSON).
+/// A response: status, head and body parsed as JSON (`Value::Null` when empty or not JSON).
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub body: Value,
     pub raw: String,
+    /// The status line and headers, as received.
+    pub head: String,
+}
+
+impl Response {
+    /// The first header called `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 /// Sends one request. `token` goes in `Authorization: Bearer`; `body` is sent as JSON text.
@@ -48,6 +60,7 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&
         status,
         body,
         raw: text,
+        head: head.to_owned(),
     }
 }
 

@@ -11,6 +11,8 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod smtp;
+#[cfg(feature = "stack")]
+pub mod stack;
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,7 +49,7 @@ impl TestDatabase {
             .await
             .expect("create test database");
         conn.close().await.ok();
-        let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
         let url = format!("{base}/{name}");
         let store = parley_store::Store::connect_lazy(&url, 2).expect("database url");
         store.migrate().await.expect("migrate test database");
@@ -172,9 +174,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
+        assert!(tokio::time::Instant::now() <= deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

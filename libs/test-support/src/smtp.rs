@@ -3,7 +3,9 @@
 //! started late on a chosen port, to play an SMTP server that was down and came back.
 
 use std::net::TcpListener as StdListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -133,7 +135,7 @@ impl SmtpServer {
 
     /// Everything received so far.
     pub fn received(&self) -> Vec<ReceivedMail> {
-        self.mail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.mail.lock().clone()
     }
 
     /// Waits until at least `count` messages arrived; panics after `timeout`.
@@ -145,9 +147,12 @@ impl SmtpServer {
             if received.len() >= count {
                 return received;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("timed out waiting for {count} emails; got {}", self.received().len());
-            }
+            let arrived = tokio::time::timeout_at(deadline, notified).await.is_ok();
+            assert!(
+                arrived,
+                "timed out waiting for {count} emails; got {}",
+                self.received().len()
+            );
         }
     }
 }
@@ -207,7 +212,7 @@ async fn session(stream: tokio::net::TcpStream, mail: Arc<Mutex<Vec<ReceivedMail
                 let unstuffed = line.strip_prefix('.').unwrap_or(&line);
                 data.push_str(unstuffed);
             }
-            mail.lock().unwrap_or_else(|p| p.into_inner()).push(ReceivedMail {
+            mail.lock().push(ReceivedMail {
                 from: from.clone(),
                 to: to.clone(),
                 data,

@@ -5,7 +5,9 @@
 //! published) under that load, per step, every acknowledged message required to have one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -61,8 +63,8 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arrivals> {
-        self.arrivals.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Arrivals> {
+        self.arrivals.lock()
     }
 
     /// Resolves on the first delivery of `body`; to be called before it is sent.
@@ -97,8 +99,8 @@ impl Recorder {
 
 type Shared<T> = Arc<Mutex<T>>;
 
-fn lock<T>(shared: &Shared<T>) -> std::sync::MutexGuard<'_, T> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(shared: &Shared<T>) -> parking_lot::MutexGuard<'_, T> {
+    shared.lock()
 }
 
 /// The latencies of the messages whose body starts with `prefix`.
@@ -359,7 +361,7 @@ async fn watch_notifications(
                     }
                 };
                 tokio::select! {
-                    _ = reading => {}
+                    () = reading => {}
                     _ = stopped => {}
                 }
             });

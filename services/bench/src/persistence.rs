@@ -175,11 +175,14 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let first_delivery = delivering
         .await?
         .context("the persistence worker's consumer delivered nothing")?;
-    let drain = worker_time - first_delivery;
+    let drain = worker_time
+        .checked_sub(first_delivery)
+        .context("the worker finished before its first delivery")?;
     let worker_rate = n as f64 / drain.as_secs_f64();
     // Steady rate: from the first row seen, without the process's start.
     let first_row = first_row.unwrap_or(worker_time);
-    let steady_rate = n as f64 / (worker_time - first_row).as_secs_f64().max(POLL.as_secs_f64());
+    let steady = worker_time.checked_sub(first_row).unwrap_or_default();
+    let steady_rate = n as f64 / steady.as_secs_f64().max(POLL.as_secs_f64());
     let worker_metrics = worker_metrics(admin, drain).await;
     eprintln!(
         "   worker: {n} in {:.2} s from its first delivery ({worker_rate:.0}/s; {:.2} s, {spawn_rate:.0}/s from its spawn)",

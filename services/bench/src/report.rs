@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::{Context, Figure};
 
 fn machine() -> serde_json::Value {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let memory_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
@@ -22,7 +22,7 @@ fn machine() -> serde_json::Value {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    json!({ "cores": cores, "memoryGiB": (memory_kib as f64 / 1048576.0 * 10.0).round() / 10.0, "cpu": cpu })
+    json!({ "cores": cores, "memoryGiB": (memory_kib as f64 / 1_048_576.0 * 10.0).round() / 10.0, "cpu": cpu })
 }
 
 fn version_of(command: &str, args: &[&str]) -> String {
@@ -70,7 +70,9 @@ pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
         "NATS runs with {}, which fsyncs every JetStream write before acknowledging it, as every stack \
          Parley ships does. Rows marked \"NATS without fsync\" repeat a part on nats-server's defaults \
          (an fsync every two minutes), where the processes' own cost per message shows instead of the \
-         disk's.\n\n",
+         disk's. The gateways run with every limit off (`PARLEY_SEND_RATE`, `PARLEY_EVENT_RATE` and \
+         `PARLEY_MAX_SOCKETS_PER_USER` at 0): a figure is what the processes carry, not what one user \
+         is allowed.\n\n",
         nats_config.as_deref().unwrap_or("nats-server's defaults"),
     ));
     md.push_str("| figure | Parley | baseline (same run) | ratio | goal | met |\n|---|---|---|---|---|---|\n");

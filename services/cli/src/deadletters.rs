@@ -103,7 +103,7 @@ struct Letter {
 }
 
 impl Letter {
-    fn from_message(message: jetstream::message::StreamMessage) -> Letter {
+    fn from_message(message: &jetstream::message::StreamMessage) -> Letter {
         Letter {
             seq: message.sequence,
             subject: message.subject.to_string(),
@@ -120,7 +120,7 @@ async fn read(stream: &Stream, from: u64, to: u64, limit: usize) -> anyhow::Resu
         match stream.get_first_raw_message_by_subject(ANY_SUBJECT, seq).await {
             Ok(message) if message.sequence <= to => {
                 seq = message.sequence + 1;
-                letters.push(Letter::from_message(message));
+                letters.push(Letter::from_message(&message));
             }
             Ok(_) => break,
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
@@ -183,7 +183,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             ],
         };
         if args.show_payload {
-            let payload = letter.record.as_ref().map(|r| r.payload.as_str()).unwrap_or("-");
+            let payload = letter.record.as_ref().map_or("-", |r| r.payload.as_str());
             row.push(output::one_line(payload, PAYLOAD_PREVIEW));
         }
         out.row(row);
@@ -311,7 +311,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
         let mut unknown = Vec::new();
         for seq in seqs {
             match stream.get_raw_message(seq).await {
-                Ok(message) => letters.push(Letter::from_message(message)),
+                Ok(message) => letters.push(Letter::from_message(&message)),
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => unknown.push(seq),
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("reading dead letter {seq}"))),
             }

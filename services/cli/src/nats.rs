@@ -11,7 +11,7 @@ use async_nats::jetstream::ErrorCode;
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server to connect to.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "NATS_URL", default_value = parley_nats::DEFAULT_URL)]
     pub nats_url: String,
 }
 

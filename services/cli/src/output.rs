@@ -124,7 +124,7 @@ mod tests {
     fn columns_line_up_and_numbers_align_right() {
         let mut table = Table::new(&[("NAME", Align::Left), ("COUNT", Align::Right), ("NOTE", Align::Left)]);
         table.row(vec!["a".into(), "1".into(), "x".into()]);
-        table.row(vec!["longer".into(), "1234567".into(), "".into()]);
+        table.row(vec!["longer".into(), "1234567".into(), String::new()]);
         assert_eq!(
             table.render(),
             "NAME      COUNT  NOTE\na             1  x\nlonger  1234567\n"

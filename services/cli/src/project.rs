@@ -10,7 +10,7 @@ use uuid::Uuid;
 pub enum ProjectCommand {
     /// Publish `parley.project.started`; prints the conversation id.
     Start {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(long, env = "NATS_URL", default_value = parley_nats::DEFAULT_URL)]
         nats_url: String,
         #[arg(long)]
         project_id: Uuid,
@@ -31,7 +31,7 @@ pub enum ProjectCommand {
     },
     /// Publish `parley.project.closed`.
     Close {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(long, env = "NATS_URL", default_value = parley_nats::DEFAULT_URL)]
         nats_url: String,
         #[arg(long)]
         project_id: Uuid,

@@ -1,36 +1,51 @@
 //! The `parley` binary against a private nats-server: `status` before and after the streams exist,
 //! consumer lag, and listing and re-driving dead letters.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Output;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream::RawMessageErrorKind};
+use async_nats::jetstream::{consumer, stream::RawMessageErrorKind};
 use chrono::Utc;
 use futures::StreamExt as _;
 use parley_events::{DeadLetter, subjects};
-use parley_test_support::{NatsServer, ProjectFixture};
+use parley_test_support::ProjectFixture;
+use parley_test_support::stack::TestStack;
 use serde_json::Value;
 use uuid::Uuid;
 
+/// A private nats-server (no database, no service): what the CLI talks to.
 struct Env {
-    nats: NatsServer,
-    js: jetstream::Context,
+    stack: TestStack,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestStack;
+
+    fn deref(&self) -> &TestStack {
+        &self.stack
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestStack {
+        &mut self.stack
+    }
 }
 
 async fn env() -> Env {
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
     Env {
-        js: parley_nats::jetstream(client),
-        nats,
+        stack: TestStack::builder().without_database().build().await,
     }
 }
 
 impl Env {
     async fn with_streams() -> Env {
-        let env = env().await;
-        parley_nats::ensure_streams(&env.js, 1).await.unwrap();
-        env
+        Env {
+            stack: TestStack::builder().without_database().streams().build().await,
+        }
     }
 
     /// Runs `parley <args> --nats-url <this server>`.

@@ -475,3 +475,120 @@ mod tests {
         assert_eq!((query.limit, query.after_seq, query.before_seq), (5, Some(3), None));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The payload readers over arbitrary JSON: they never panic, refuse only with the two codes
+    //! a payload can earn, read a well-formed payload whatever else it carries, and give a field
+    //! of the wrong JSON type its own code.
+
+    use parley_domain::ErrorCode;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z0-9 -]{0,12}".prop_map(Value::from),
+            Just(json!(Uuid::nil().to_string())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// An object that may hold any of the payloads' field names, with any values.
+    fn payload_object() -> impl Strategy<Value = Value> {
+        let names = prop::sample::select(vec![
+            "conversationId",
+            "body",
+            "clientMsgId",
+            "beforeSeq",
+            "afterSeq",
+            "limit",
+            "lastSeq",
+            "isTyping",
+            "messageId",
+            "other",
+        ]);
+        prop::collection::btree_map(names, json_value(), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, ApiError> {
+        serde_json::from_value::<Object<T>>(payload.clone())
+            .map(|Object(payload)| payload)
+            .map_err(|_| ApiError::invalid_request("not an object"))
+    }
+
+    fn refused_with(result: Result<impl Sized, ApiError>, codes: &[ErrorCode]) -> Result<(), TestCaseError> {
+        if let Err(error) = result {
+            prop_assert!(codes.contains(&error.code()), "refused with {:?}", error.code());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn every_reader_answers_any_json_with_a_value_or_a_request_refusal(
+            payload in prop_oneof![json_value(), payload_object()]
+        ) {
+            let request = [ErrorCode::InvalidRequest];
+            let send = [ErrorCode::InvalidRequest, ErrorCode::InvalidMessage];
+            refused_with(read::<SendPayload>(&payload).and_then(|p| p.into_request(None)), &send)?;
+            refused_with(read::<HistoryPayload>(&payload).and_then(HistoryPayload::into_query), &request)?;
+            refused_with(read::<JoinPayload>(&payload).and_then(JoinPayload::into_parts), &request)?;
+            refused_with(read::<TypingPayload>(&payload).and_then(TypingPayload::into_parts), &request)?;
+            refused_with(read::<MarkReadPayload>(&payload).and_then(|p| p.into_parts(None)), &request)?;
+            refused_with(read::<ConversationPayload>(&payload).and_then(ConversationPayload::conversation), &request)?;
+        }
+
+        #[test]
+        fn a_well_formed_send_reads_the_same_whatever_else_the_object_carries(
+            body in "[a-z][a-z ]{0,40}",
+            client_msg_id in proptest::option::of("[A-Za-z0-9_-]{1,64}"),
+            extra in prop::collection::btree_map("x[a-z]{0,8}", json_value(), 0..4),
+        ) {
+            let conversation = Uuid::new_v4();
+            let mut payload = json!({ "conversationId": conversation, "body": body, "clientMsgId": client_msg_id });
+            for (name, value) in extra {
+                payload[name] = value;
+            }
+            let request = read::<SendPayload>(&payload).and_then(|p| p.into_request(None)).unwrap();
+            prop_assert_eq!(request.conversation_id, conversation);
+            prop_assert_eq!(request.body, body);
+            prop_assert_eq!(request.client_msg_id, client_msg_id);
+        }
+
+        #[test]
+        fn a_field_of_the_wrong_json_type_earns_its_own_code(wrong in json_value()) {
+            let conversation = Uuid::new_v4();
+            let body_code = match &wrong {
+                Value::String(s) if validate_body(s).is_ok() => None,
+                _ => Some(ErrorCode::InvalidMessage),
+            };
+            let send = read::<SendPayload>(&json!({ "conversationId": conversation, "body": wrong }))
+                .and_then(|p| p.into_request(None));
+            prop_assert_eq!(send.err().map(|e| e.code()), body_code);
+            let id_code = match &wrong {
+                Value::String(s) if Uuid::parse_str(s).is_ok() => None,
+                _ => Some(ErrorCode::InvalidRequest),
+            };
+            let leave = read::<ConversationPayload>(&json!({ "conversationId": wrong }))
+                .and_then(ConversationPayload::conversation);
+            prop_assert_eq!(leave.err().map(|e| e.code()), id_code);
+        }
+    }
+}

@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 
-use parley_service::config::{self, ConfigError};
+use parley_service::config::{self, CommonConfig, ConfigError};
+
+use crate::limits::LimitConfig;
 
 #[derive(Clone)]
 pub struct Config {
-    /// `NATS_URL`
+    /// `NATS_URL` (read with `PARLEY_STREAM_REPLICAS` and `PARLEY_LOG_FORMAT` as every process
+    /// reads them: `CommonConfig`)
     pub nats_url: String,
     /// `DATABASE_URL`
     pub database_url: String,
@@ -18,6 +21,9 @@ pub struct Config {
     pub stream_replicas: usize,
     /// `PARLEY_DB_POOL_SIZE`: Postgres connections (default 16).
     pub db_pool_size: u32,
+    /// `PARLEY_SEND_RATE`, `PARLEY_SEND_BURST`, `PARLEY_EVENT_RATE`,
+    /// `PARLEY_MAX_SOCKETS_PER_USER` (the contract's defaults; `0` turns one off).
+    pub limits: LimitConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -25,6 +31,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("nats_url", &self.nats_url)
             .field("listen", &self.listen)
+            .field("limits", &self.limits)
             .field("jwt_secret", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -32,14 +39,24 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env()?;
         let jwt_secret = config::required("PARLEY_JWT_SECRET")?;
         Ok(Self {
-            nats_url: config::or_default("NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url: common.nats_url,
             database_url: config::or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/parley"),
             jwt_secret,
             listen: config::parsed("PARLEY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            stream_replicas: config::parsed("PARLEY_STREAM_REPLICAS", 1usize)?,
+            stream_replicas: common.stream_replicas,
             db_pool_size: config::parsed("PARLEY_DB_POOL_SIZE", 16u32)?,
+            limits: LimitConfig {
+                send_rate: config::parsed("PARLEY_SEND_RATE", LimitConfig::DEFAULT.send_rate)?,
+                send_burst: config::parsed("PARLEY_SEND_BURST", LimitConfig::DEFAULT.send_burst)?,
+                event_rate: config::parsed("PARLEY_EVENT_RATE", LimitConfig::DEFAULT.event_rate)?,
+                max_sockets_per_user: config::parsed(
+                    "PARLEY_MAX_SOCKETS_PER_USER",
+                    LimitConfig::DEFAULT.max_sockets_per_user,
+                )?,
+            },
         })
     }
 }

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use parley_domain::ErrorCode;
 use parley_domain::error::Refusal;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// Why a dependency did not answer, for the log.
 pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -16,6 +17,16 @@ pub(crate) enum ApiError {
     /// A refusal the caller caused: 400, 401, 404, 409 or 429 per its code.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// 429 `rate_limited`: the caller is over a limit; it may try again after `retry_after`
+    /// (HTTP `Retry-After` in whole seconds, `retryAfterMs` in a socket ack).
+    #[error("rate limited for {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// 405 `invalid_request`: a route asked with a method it does not answer.
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(axum::http::Method),
+    /// 413 `invalid_request`: a request body over the gateway's limit, refused unread.
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: usize },
     /// 503 `unavailable`: NATS or Postgres did not answer, or this gateway is draining. `during`
     /// says what the gateway was doing; the cause is logged, not returned.
     #[error("unavailable during {during}: {cause}")]
@@ -40,9 +51,23 @@ impl ApiError {
         move |cause| Self::unavailable(during, cause)
     }
 
+    pub(crate) fn rate_limited(retry_after: Duration) -> Self {
+        ApiError::RateLimited { retry_after }
+    }
+
+    /// How long a rate-limited caller should wait.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
             ApiError::Refused(refusal) => refusal.code,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::TooLarge { .. } | ApiError::MethodNotAllowed(_) => ErrorCode::InvalidRequest,
             ApiError::Unavailable { .. } => ErrorCode::Unavailable,
         }
     }
@@ -50,6 +75,9 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Refused(refusal) => refusal.message.clone(),
+            ApiError::RateLimited { .. } => "too many requests; retry later".into(),
+            ApiError::TooLarge { limit } => format!("the request body is over {limit} bytes"),
+            ApiError::MethodNotAllowed(method) => format!("this route does not answer {method}"),
             ApiError::Unavailable { during, cause } => {
                 tracing::warn!(during, %cause, "answering unavailable");
                 "service temporarily unavailable, retry later".into()
@@ -62,9 +90,13 @@ impl ApiError {
         json!({ "code": self.code().as_str(), "message": self.public_message() })
     }
 
-    /// The socket acknowledgement for this error.
+    /// The socket acknowledgement for this error; a rate-limited one also says when to retry.
     pub(crate) fn ack(&self) -> Value {
-        json!({ "ok": false, "error": self.body() })
+        let mut error = self.body();
+        if let Some(wait) = self.retry_after() {
+            error["retryAfterMs"] = json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        json!({ "ok": false, "error": error })
     }
 
     pub(crate) fn invalid_request(message: impl Into<String>) -> Self {
@@ -95,7 +127,19 @@ impl From<parley_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({ "error": self.body() }))).into_response()
+        let status = match self {
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        let mut response = (status, Json(json!({ "error": self.body() }))).into_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up: a client retrying then finds the bucket refilled.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }

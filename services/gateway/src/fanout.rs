@@ -63,8 +63,8 @@ pub(crate) async fn start(
                 Err(error) => {
                     warn!(%error, "fan-out consumer failed; recreating");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
             }
@@ -105,7 +105,7 @@ async fn follow(
     let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => {
                 if statistics.connects.load(Ordering::Relaxed) != connects {
                     anyhow::bail!("reconnected to NATS");

@@ -1,7 +1,7 @@
 //! The HTTP API: the same operations as the socket events, for clients that only speak HTTP and
 //! for the marketplace's servers. Every route but the probes needs a bearer token.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -16,9 +16,21 @@ use crate::api::{
     HistoryParams, HistoryReply, ListReply, MarkReadPayload, MarkReadReply, Object, SendPayload, SendReply,
     parse_conversation_id,
 };
-use crate::auth::UserId;
+use crate::auth::{Authenticator, UserId};
 use crate::error::ApiError;
 use crate::messaging::record_send;
+
+/// Largest request body: a send's is at most ~30 KiB of JSON, as on the socket.
+pub(crate) const MAX_BODY_BYTES: usize = crate::MAX_PACKET_BYTES;
+
+/// A body that could not be read: over [`MAX_BODY_BYTES`], or not there at all.
+fn unreadable(status: StatusCode) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge { limit: MAX_BODY_BYTES }
+    } else {
+        ApiError::invalid_request("body must be a JSON object")
+    }
+}
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -38,23 +50,45 @@ pub(crate) fn router(state: AppState) -> Router {
                 "no such route",
             ))
         })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move { ApiError::MethodNotAllowed(method) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// The caller, from `Authorization: Bearer <token>`; 401 otherwise.
+/// The caller, from `Authorization: Bearer <token>` (401 otherwise), who spends one of the token's
+/// requests (`PARLEY_EVENT_RATE`; 429 beyond it).
 pub(crate) struct Caller(pub(crate) UserId);
+
+/// The caller of a send, who spends one of the user's sends instead (`Messaging::send`).
+pub(crate) struct Sender(pub(crate) UserId);
+
+/// The bearer token's user, and the token.
+fn bearer<'a>(parts: &'a Parts, state: &AppState) -> Result<(UserId, &'a str), ApiError> {
+    let token = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(Authenticator::bearer)
+        .ok_or_else(ApiError::unauthorized)?;
+    let identity = state.auth.verify(token).ok_or_else(ApiError::unauthorized)?;
+    Ok((identity.user, token))
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| state.auth.verify_bearer(value))
-            .map(Caller)
-            .ok_or_else(ApiError::unauthorized)
+        let (user, token) = bearer(parts, state)?;
+        state.limits.spend_request(token)?;
+        Ok(Caller(user))
+    }
+}
+
+impl FromRequestParts<AppState> for Sender {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        bearer(parts, state).map(|(user, _)| Sender(user))
     }
 }
 
@@ -90,13 +124,13 @@ async fn history(
 
 async fn send_message(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Sender(user): Sender,
     Path(id): Path<String>,
     body: Result<Json<Object<SendPayload>>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let sent = async {
         let id = parse_conversation_id(&id)?;
-        let Json(Object(payload)) = body.map_err(|_| ApiError::invalid_request("body must be a JSON object"))?;
+        let Json(Object(payload)) = body.map_err(|rejection| unreadable(rejection.status()))?;
         state.messaging.send(user, payload.into_request(Some(id))?).await
     }
     .await;
@@ -115,9 +149,10 @@ async fn mark_read(
     State(state): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<MarkReadReply>, ApiError> {
     let id = parse_conversation_id(&id)?;
+    let body = body.map_err(|rejection| unreadable(rejection.status()))?;
     let payload = if body.iter().all(u8::is_ascii_whitespace) {
         MarkReadPayload::default()
     } else {

@@ -23,6 +23,9 @@ mod drain;
 mod error;
 mod fanout;
 mod http;
+mod lifetimes;
+mod limits;
+mod listener;
 mod membership;
 mod messaging;
 mod presence;
@@ -39,7 +42,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use parley_store::Store;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -47,15 +49,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use config::Config;
+pub use limits::LimitConfig;
 
 use crate::auth::Authenticator;
+use crate::lifetimes::Lifetimes;
+use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::messaging::Messaging;
 use crate::presence::Presence;
 use crate::typing::TypingPublisher;
 
 /// Largest Socket.IO packet a client may send: a 5000-character body is at most ~30 KiB of JSON.
-const MAX_PACKET_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_PACKET_BYTES: usize = 128 * 1024;
 /// Packets queued per socket before emits fail: a replay sends up to 1000 at once, plus live
 /// traffic. The queue grows only as used, so idle sockets do not pay for the bound.
 const SOCKET_BUFFER_PACKETS: usize = 4096;
@@ -75,6 +80,8 @@ pub(crate) struct Services {
     pub(crate) messaging: Messaging,
     pub(crate) typing: TypingPublisher,
     pub(crate) presence: Presence,
+    pub(crate) limits: Limits,
+    pub(crate) lifetimes: Lifetimes,
     pub(crate) nats: async_nats::Client,
 }
 
@@ -171,11 +178,16 @@ impl Application {
         // Learn closes before serving anyone, so no send slips into a conversation closing now.
         let membership = Membership::default();
         let closes = membership.follow_closes(nats.clone(), background_stop.clone()).await?;
+        let limits = Limits::new(config.limits);
+        let sweeping = limits.start_sweeping(background_stop.clone());
+        let (lifetimes, deadlines) = Lifetimes::new();
         let state = AppState(Arc::new(Services {
             auth: Authenticator::new(&config.jwt_secret),
-            messaging: Messaging::new(store, js, membership),
+            messaging: Messaging::new(store, js, membership, limits.clone()),
             typing: TypingPublisher::new(nats.clone()),
             presence,
+            limits,
+            lifetimes,
             nats: nats.clone(),
         }));
         let (layer, io) = SocketIo::builder()
@@ -194,16 +206,11 @@ impl Application {
 
         let fanout = fanout::start(state.messaging.clone(), nats.clone(), io.clone(), shutdown.clone()).await?;
         let typing = typing::start_relay(nats.clone(), io.clone(), shutdown.clone()).await?;
+        let expiring = lifetimes::start(deadlines, io.clone(), background_stop.clone());
         info!(%addr, "gateway listening");
         let stopping = shutdown.clone();
         let drain = state.messaging.drain().clone();
-        // Small frames (acks, single messages) leave at once: without TCP_NODELAY, Nagle's
-        // algorithm meeting the client's delayed ACK stalls a reply up to 40 ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
+        let listener = listener::ShapedListener(listener);
         let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight
@@ -230,6 +237,8 @@ impl Application {
         background_stop.cancel();
         let _ = closes.await;
         let _ = presence_writer.await;
+        let _ = sweeping.await;
+        let _ = expiring.await;
         Ok(())
     }
 }

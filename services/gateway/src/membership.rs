@@ -96,7 +96,7 @@ impl Membership {
         Ok(tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return,
                     message = closes.next() => message,
                 };
                 let Some(message) = message else { return };

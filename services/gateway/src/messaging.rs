@@ -14,6 +14,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{SubsecRound, Utc};
+use futures::{StreamExt as _, TryStreamExt as _};
 use parley_domain::error::Refusal;
 use parley_domain::{Conversation, ConversationStatus, ErrorCode, Message, ids};
 use parley_events::{MessagePosted, ReadMarked, subjects};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::UserId;
 use crate::drain::Drain;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::recent::RecentMessages;
 
@@ -41,6 +43,12 @@ pub(crate) struct Sent {
     pub(crate) created: bool,
 }
 
+/// A read mark as the stream holds it: the mark, and the stream sequence of the event that set it.
+struct StreamMark {
+    seq: i64,
+    subject_seq: u64,
+}
+
 /// Everything the operations need. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Messaging {
@@ -49,12 +57,15 @@ pub(crate) struct Messaging {
     recent: RecentMessages,
     drain: Drain,
     membership: Membership,
+    limits: Limits,
 }
 
 /// How often a read-mark move is retried when another device moved the mark at the same time.
 const MARK_ATTEMPTS: usize = 8;
 /// How long `markRead` waits for a message it does not know yet (sent a moment ago elsewhere).
 const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
+/// A list's read-mark lookups in the stream in flight at once.
+const OWN_MARK_LOOKUPS: usize = 16;
 /// How long a read of one stored message from the stream may take.
 const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,13 +79,14 @@ pub(crate) fn record_send<T>(result: &Result<T, ApiError>) {
 }
 
 impl Messaging {
-    pub(crate) fn new(store: Store, js: jetstream::Context, membership: Membership) -> Self {
+    pub(crate) fn new(store: Store, js: jetstream::Context, membership: Membership, limits: Limits) -> Self {
         Self {
             store,
             js,
             recent: RecentMessages::default(),
             drain: Drain::default(),
             membership,
+            limits,
         }
     }
 
@@ -105,6 +117,7 @@ impl Messaging {
     /// Accepts a message: acknowledged only once JetStream has it. A repeat of a `clientMsgId`
     /// returns the first message and publishes nothing new.
     pub(crate) async fn send(&self, user: UserId, request: SendRequest) -> Result<Sent, ApiError> {
+        self.limits.spend_send(user.0)?;
         let _in_flight = self.drain.enter()?;
         let access = self.access(user, request.conversation_id).await?;
         if access.status == ConversationStatus::Closed {
@@ -179,15 +192,50 @@ impl Messaging {
         Ok(event.into_message(sequence))
     }
 
+    /// The caller's conversations, each with the caller's own read mark as acknowledged.
     pub(crate) async fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, ApiError> {
-        Ok(self.store.conversations_of(user.0).await?)
+        let stored = self.store.conversations_of(user.0).await?;
+        futures::stream::iter(stored)
+            .map(|conversation| self.with_own_mark(user, conversation))
+            .buffered(OWN_MARK_LOOKUPS)
+            .try_collect()
+            .await
     }
 
+    /// One conversation as the caller sees it, with their own read mark as acknowledged.
     pub(crate) async fn conversation(&self, user: UserId, conversation_id: Uuid) -> Result<Conversation, ApiError> {
-        self.store
+        let stored = self
+            .store
             .conversation_of(user.0, conversation_id)
             .await?
-            .ok_or_else(ApiError::not_found)
+            .ok_or_else(ApiError::not_found)?;
+        self.with_own_mark(user, stored).await
+    }
+
+    /// A caller reads their own writes: a mark they moved is in the stream once acknowledged, but
+    /// in Postgres only once the persistence worker applied it. Where the stream's is ahead, the
+    /// caller's `lastReadSeq` and unread count are the stream's.
+    async fn with_own_mark(&self, user: UserId, mut conversation: Conversation) -> Result<Conversation, ApiError> {
+        let Some(mark) = self.stream_mark(conversation.id, user).await? else {
+            return Ok(conversation);
+        };
+        let Some(me) = conversation.participants.iter_mut().find(|p| p.user_id == user.0) else {
+            return Ok(conversation);
+        };
+        if mark.seq > me.last_read_seq {
+            me.last_read_seq = mark.seq;
+            conversation.unread_count = self.store.unread_above(conversation.id, user.0, mark.seq).await?;
+        }
+        Ok(conversation)
+    }
+
+    /// The caller's read mark as of their last acknowledged `markRead`: what a join without
+    /// `lastSeq` replays after.
+    pub(crate) async fn read_mark(&self, user: UserId, conversation_id: Uuid) -> Result<i64, ApiError> {
+        match self.stream_mark(conversation_id, user).await? {
+            Some(mark) => Ok(mark.seq),
+            None => Ok(self.store.read_mark(conversation_id, user.0).await?),
+        }
     }
 
     pub(crate) async fn history(
@@ -219,7 +267,7 @@ impl Messaging {
         };
         let subject = subjects::conversation_reads(conversation_id, user.0);
         for _ in 0..MARK_ATTEMPTS {
-            let (current, subject_seq) = self.current_mark(conversation_id, user, &subject).await?;
+            let (current, subject_seq) = self.current_mark(conversation_id, user).await?;
             if target <= current {
                 return Ok(current);
             }
@@ -244,7 +292,8 @@ impl Messaging {
             };
             match acked {
                 Ok(_) => return Ok(target),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                // Another device moved the mark meanwhile: read it again.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
                 Err(e) => return Err(ApiError::unavailable("awaiting a read mark's ack", e)),
             }
         }
@@ -256,17 +305,28 @@ impl Messaging {
 
     /// The caller's current mark and the stream sequence of the event that set it (0: none in the
     /// stream, either never marked or aged out, when Postgres holds the mark).
-    async fn current_mark(&self, conversation_id: Uuid, user: UserId, subject: &str) -> Result<(i64, u64), ApiError> {
+    async fn current_mark(&self, conversation_id: Uuid, user: UserId) -> Result<(i64, u64), ApiError> {
+        match self.stream_mark(conversation_id, user).await? {
+            Some(mark) => Ok((mark.seq, mark.subject_seq)),
+            None => Ok((self.store.read_mark(conversation_id, user.0).await?, 0)),
+        }
+    }
+
+    /// The caller's mark as its last event in the stream says; `None` when the stream holds none
+    /// (never marked, or aged out: then Postgres has it).
+    async fn stream_mark(&self, conversation_id: Uuid, user: UserId) -> Result<Option<StreamMark>, ApiError> {
         let stream = self.chat_stream().await?;
+        let subject = subjects::conversation_reads(conversation_id, user.0);
         match stream.direct_get_last_for_subject(subject).await {
             Ok(stored) => {
                 let event: ReadMarked =
                     serde_json::from_slice(&stored.payload).map_err(ApiError::during("reading a read mark"))?;
-                Ok((event.seq, stored.sequence))
+                Ok(Some(StreamMark {
+                    seq: event.seq,
+                    subject_seq: stored.sequence,
+                }))
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
-                Ok((self.store.read_mark(conversation_id, user.0).await?, 0))
-            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(ApiError::unavailable("reading a read mark", e)),
         }
     }
@@ -317,11 +377,6 @@ impl Messaging {
             .get_stream(parley_nats::CHAT_STREAM)
             .await
             .map_err(ApiError::during("looking up the chat stream"))
-    }
-
-    /// The caller's read mark as Postgres holds it: where a join without `lastSeq` replays from.
-    pub(crate) async fn stored_read_mark(&self, user: UserId, conversation_id: Uuid) -> Result<i64, ApiError> {
-        Ok(self.store.read_mark(conversation_id, user.0).await?)
     }
 
     /// Stored messages of a conversation in a range, without an access check: for a replay, whose

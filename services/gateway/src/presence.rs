@@ -107,7 +107,7 @@ impl Writer {
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
         loop {
             let users: Vec<Uuid> = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 user = changed.recv() => match user {
                     Some(user) => {
                         // Coalesce a burst of changes into one write per user.
@@ -131,7 +131,7 @@ impl Writer {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 () = writes => {}
             }
         }

@@ -268,4 +268,119 @@ mod tests {
         assert!(d.admit_live(&message(other, 6)));
         assert!(d.admit_live(&message(joined, 242)));
     }
+
+    /// One step of a socket's life in one conversation whose stream grows as the steps go.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A message is accepted into the stream.
+        Publish,
+        /// The fan-out hands the socket the next live message.
+        Live,
+        /// The fan-out hands it the last one again (a recreated consumer).
+        LiveAgain,
+        /// The client joins: with the last sequence it got, or, having got nothing yet, with a
+        /// `lastSeq` that is this share of what is published (its read mark, say); the number of
+        /// live steps that happen while its replay runs.
+        Join { from_share: u8, live_meanwhile: u8 },
+        /// The connect grace ends.
+        EndGrace,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Step::Publish),
+            3 => Just(Step::Live),
+            1 => Just(Step::LiveAgain),
+            1 => (any::<u8>(), 0u8..4).prop_map(|(from_share, live_meanwhile)| Step::Join { from_share, live_meanwhile }),
+            1 => Just(Step::EndGrace),
+        ]
+    }
+
+    /// Plays `steps` the way the fan-out and a join's replay drive a session (a replay reads
+    /// the stream from `lastSeq` up to what is published when it looks, and below the first live
+    /// message), then lets everything settle; returns the sequences emitted, in order, and the
+    /// first sequence the socket owes the client: after the `lastSeq` of a join that came before
+    /// anything reached it, else from the first message that did.
+    fn play(steps: &[Step]) -> (Vec<i64>, i64) {
+        let conv = Uuid::nil();
+        let mut d = Deliveries {
+            conversations: HashMap::new(),
+            warming: true,
+        };
+        let (mut published, mut next_live, mut emitted) = (0i64, 1i64, Vec::<i64>::new());
+        // The last sequence the client has, by what it said in a join or what it got.
+        let mut client_last: Option<i64> = None;
+        let mut owed_from: Option<i64> = None;
+        let live = |d: &mut Deliveries, seq: i64, emitted: &mut Vec<i64>| {
+            if d.admit_live(&message(conv, seq)) {
+                emitted.push(seq);
+            }
+        };
+        for step in steps {
+            match step {
+                Step::Publish => published += 1,
+                Step::Live if next_live <= published => {
+                    live(&mut d, next_live, &mut emitted);
+                    next_live += 1;
+                }
+                Step::LiveAgain if next_live > 1 => live(&mut d, next_live - 1, &mut emitted),
+                Step::Join {
+                    from_share,
+                    live_meanwhile,
+                } => {
+                    let after = client_last.unwrap_or(published * i64::from(*from_share) / 255);
+                    owed_from.get_or_insert(after + 1);
+                    let upper = d.begin_replay(conv).map_or(i64::MAX, |first_live| first_live - 1);
+                    for _ in 0..*live_meanwhile {
+                        if next_live <= published {
+                            live(&mut d, next_live, &mut emitted);
+                            next_live += 1;
+                        }
+                    }
+                    let mut through = after;
+                    for seq in after + 1..=published.min(upper) {
+                        emitted.push(seq);
+                        through = seq;
+                    }
+                    emitted.extend(d.end_replay(conv, through).iter().map(|m| m.seq));
+                    client_last = Some(client_last.unwrap_or(after).max(after));
+                }
+                Step::EndGrace => emitted.extend(d.end_grace().iter().map(|m| m.seq)),
+                Step::Live | Step::LiveAgain => {}
+            }
+            if let Some(&first) = emitted.first() {
+                owed_from.get_or_insert(first);
+            }
+            if let Some(&last) = emitted.last() {
+                client_last = Some(client_last.map_or(last, |known| known.max(last)));
+            }
+        }
+        // Settle: the grace ends and the fan-out catches up with the stream.
+        emitted.extend(d.end_grace().iter().map(|m| m.seq));
+        while next_live <= published {
+            live(&mut d, next_live, &mut emitted);
+            next_live += 1;
+        }
+        let owed_from = owed_from.or(emitted.first().copied()).unwrap_or(published + 1);
+        (emitted, owed_from)
+    }
+
+    fn published_in(steps: &[Step]) -> i64 {
+        steps.iter().filter(|s| matches!(s, Step::Publish)).count() as i64
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of live deliveries, joins and the grace, a socket gets each
+        /// message once, in order, and nothing it was owed is skipped.
+        #[test]
+        fn live_and_replayed_messages_reach_a_socket_once_in_order_without_gaps(
+            steps in proptest::collection::vec(step(), 0..80)
+        ) {
+            let (emitted, owed_from) = play(&steps);
+            proptest::prop_assert!(emitted.windows(2).all(|w| w[0] < w[1]), "out of order or twice: {emitted:?}");
+            let expected: Vec<i64> = (owed_from..=published_in(&steps)).collect();
+            proptest::prop_assert_eq!(emitted, expected);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! a refusal and acknowledges `{ok: true, ...}` or `{ok: false, error: {code, message}}`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +19,7 @@ use crate::api::{
 };
 use crate::auth::UserId;
 use crate::error::ApiError;
+use crate::limits::EventBudget;
 use crate::replay::Replays;
 use crate::rooms::user_room;
 use crate::session::SocketSession;
@@ -28,10 +30,16 @@ pub(crate) fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
 }
 
-/// The connect error a client sees on a missing, bad or expired token.
+/// Why a connect is refused; the message is what the client's `connect_error` carries.
 #[derive(Debug, thiserror::Error)]
-#[error("unauthorized")]
-pub(crate) struct Unauthorized;
+pub(crate) enum ConnectRefused {
+    /// A missing, bad, expired or not yet valid token.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The user holds `PARLEY_MAX_SOCKETS_PER_USER` sockets on this gateway already.
+    #[error("too_many_connections")]
+    TooManyConnections,
+}
 
 /// The `auth` object of a connect: `io(url, { auth: { token } })`.
 #[derive(serde::Deserialize)]
@@ -39,7 +47,7 @@ struct Handshake {
     token: String,
 }
 
-/// Connect middleware: checks the token, then sets the socket up.
+/// Connect middleware: checks the token and the user's socket cap, then sets the socket up.
 ///
 /// The setup happens here rather than in the connect handler on purpose: socketioxide runs async
 /// connect handlers in a task of their own after telling the client it is connected, so a client
@@ -50,13 +58,21 @@ async fn authenticate(
     socket: SocketRef,
     TryData(handshake): TryData<Handshake>,
     State(state): State<AppState>,
-) -> Result<(), Unauthorized> {
-    let token = handshake.map_err(|_| Unauthorized)?.token;
-    let user = state.auth.verify(&token).ok_or(Unauthorized)?;
+) -> Result<(), ConnectRefused> {
+    let token = handshake.map_err(|_| ConnectRefused::Unauthorized)?.token;
+    let identity = state.auth.verify(&token).ok_or(ConnectRefused::Unauthorized)?;
+    let user = identity.user;
+    // Counted from here on; released by `on_disconnect`, which every socket that gets this far
+    // reaches.
+    if !state.limits.admit_socket(user.0) {
+        return Err(ConnectRefused::TooManyConnections);
+    }
+    state.lifetimes.expire_at(socket.id, identity.expires_at);
     let session = SocketSession::new(user);
     socket.extensions.insert(user);
     socket.extensions.insert(session.clone());
     socket.extensions.insert(Replays::default());
+    socket.extensions.insert(Arc::new(state.limits.event_budget()));
     socket.on("message:send", message_send);
     socket.on("conversation:list", conversation_list);
     socket.on("conversation:history", conversation_history);
@@ -76,7 +92,9 @@ async fn authenticate(
 /// Everything is set up by [`authenticate`]; socketioxide still wants a connect handler.
 async fn on_connect() {}
 
-async fn on_disconnect(Extension(session): Extension<SocketSession>, State(state): State<AppState>) {
+async fn on_disconnect(socket: SocketRef, Extension(session): Extension<SocketSession>, State(state): State<AppState>) {
+    state.limits.release_socket(session.user.0);
+    state.lifetimes.forget(socket.id);
     state.presence.disconnected(session.user.0);
     metrics::gauge!("parley_gateway_connected_sockets").decrement(1.0);
     subscriptions::disconnected(&state, &session).await;
@@ -90,17 +108,25 @@ struct Acked<T> {
     reply: T,
 }
 
+/// The socket's budget of events other than sends (`PARLEY_EVENT_RATE`).
+type Budget = Arc<EventBudget>;
+
 /// One client event's whole outline: counts it
-/// (`parley_gateway_events_received_total{event}`), runs its operation, counts a refusal
-/// (`parley_gateway_refusals_total{event, code}`) and acknowledges the outcome, if the client
-/// asked for an acknowledgement.
+/// (`parley_gateway_events_received_total{event}`), runs its operation if `admitted`, counts a
+/// refusal (`parley_gateway_refusals_total{event, code}`) and acknowledges the outcome, if the
+/// client asked for an acknowledgement.
 async fn respond<T: Serialize>(
     event: &'static str,
+    admitted: Result<(), ApiError>,
     ack: AckSender,
     operation: impl Future<Output = Result<T, ApiError>>,
 ) {
     metrics::counter!("parley_gateway_events_received_total", "event" => event).increment(1);
-    let sent = match operation.await {
+    let outcome = match admitted {
+        Ok(()) => operation.await,
+        Err(refused) => Err(refused),
+    };
+    let sent = match outcome {
         Ok(reply) => ack.send(&Acked { ok: true, reply }),
         Err(error) => {
             metrics::counter!("parley_gateway_refusals_total", "event" => event, "code" => error.code().as_str())
@@ -126,7 +152,8 @@ async fn message_send(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("message:send", ack, async {
+    // Sends spend the user's send budget instead (`Messaging::send`).
+    respond("message:send", Ok(()), ack, async {
         let sent = async { state.messaging.send(user, object(payload)?.into_request(None)?).await }.await;
         messaging::record_send(&sent);
         Ok(SendReply { message: sent?.message })
@@ -134,8 +161,13 @@ async fn message_send(
     .await;
 }
 
-async fn conversation_list(Extension(user): Extension<UserId>, ack: AckSender, State(state): State<AppState>) {
-    respond("conversation:list", ack, async {
+async fn conversation_list(
+    Extension(user): Extension<UserId>,
+    Extension(budget): Extension<Budget>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    respond("conversation:list", budget.spend(&state.limits), ack, async {
         let conversations = state.messaging.conversations(user).await?;
         Ok(ListReply { conversations })
     })
@@ -144,11 +176,12 @@ async fn conversation_list(Extension(user): Extension<UserId>, ack: AckSender, S
 
 async fn conversation_history(
     Extension(user): Extension<UserId>,
+    Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<HistoryPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:history", ack, async {
+    respond("conversation:history", budget.spend(&state.limits), ack, async {
         let (conversation, query) = object(payload)?.into_query()?;
         let page = state.messaging.history(user, conversation, query).await?;
         Ok(HistoryReply {
@@ -164,11 +197,12 @@ async fn conversation_join(
     socket: SocketRef,
     Extension(session): Extension<SocketSession>,
     Extension(replays): Extension<Replays>,
+    Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<JoinPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:join", ack, async {
+    respond("conversation:join", budget.spend(&state.limits), ack, async {
         let (conversation, last_seq) = object(payload)?.into_parts()?;
         subscriptions::join(&state, &socket, &session, &replays, conversation, last_seq).await
     })
@@ -178,11 +212,12 @@ async fn conversation_join(
 async fn conversation_leave(
     socket: SocketRef,
     Extension(session): Extension<SocketSession>,
+    Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<ConversationPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:leave", ack, async {
+    respond("conversation:leave", budget.spend(&state.limits), ack, async {
         let conversation = object(payload)?.conversation()?;
         subscriptions::leave(&state, &socket, &session, conversation).await?;
         Ok(Done {})
@@ -190,15 +225,20 @@ async fn conversation_leave(
     .await;
 }
 
+/// Typing over the socket's budget is dropped silently, like typing above its throttle: the
+/// signal is advisory and the next one carries the state.
 async fn conversation_typing(
     Extension(session): Extension<SocketSession>,
+    Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<TypingPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:typing", ack, async {
+    respond("conversation:typing", Ok(()), ack, async {
         let (conversation, is_typing) = object(payload)?.into_parts()?;
-        subscriptions::typing(&state, &session, conversation, is_typing).await?;
+        if budget.spend(&state.limits).is_ok() {
+            subscriptions::typing(&state, &session, conversation, is_typing).await?;
+        }
         Ok(Done {})
     })
     .await;
@@ -206,11 +246,12 @@ async fn conversation_typing(
 
 async fn conversation_mark_read(
     Extension(user): Extension<UserId>,
+    Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<MarkReadPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:markRead", ack, async {
+    respond("conversation:markRead", budget.spend(&state.limits), ack, async {
         let (conversation, message) = object(payload)?.into_parts(None)?;
         let last_read_seq = state.messaging.mark_read(user, conversation, message).await?;
         Ok(MarkReadReply { last_read_seq })
@@ -218,8 +259,13 @@ async fn conversation_mark_read(
     .await;
 }
 
-async fn unknown_event(Event(event): Event, ack: AckSender) {
-    respond("unknown", ack, async {
+async fn unknown_event(
+    Event(event): Event,
+    Extension(budget): Extension<Budget>,
+    ack: AckSender,
+    State(state): State<AppState>,
+) {
+    respond("unknown", budget.spend(&state.limits), ack, async {
         Err::<Value, _>(ApiError::invalid_request(format!("unknown event {event:?}")))
     })
     .await;

@@ -21,8 +21,8 @@ async fn ensure_member(state: &AppState, session: &SocketSession, conversation: 
     Ok(())
 }
 
-/// Joins `conversation` and replays every message after `last_seq`, or after the caller's stored
-/// read mark when the client gave none.
+/// Joins `conversation` and replays every message after `last_seq`, or after the caller's read
+/// mark as of their last acknowledged `markRead` when the client gave none.
 pub(crate) async fn join(
     state: &AppState,
     socket: &SocketRef,
@@ -38,7 +38,7 @@ pub(crate) async fn join(
     let _one_join_at_a_time = replays.one_at_a_time().await;
     let after_seq = match last_seq {
         Some(seq) => seq,
-        None => state.messaging.stored_read_mark(user, conversation).await?,
+        None => state.messaging.read_mark(user, conversation).await?,
     };
     // The conversation as the ack shows it is read while the replay runs: its two queries need
     // not wait for the replay, nor the replay for them.

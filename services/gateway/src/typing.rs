@@ -230,7 +230,7 @@ pub(crate) async fn start_relay(
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 message = subscription.next() => message,
             };
             let Some(message) = message else { return };

@@ -1,5 +1,8 @@
 //! Identity: HS256 tokens only, with `exp` and a UUID `sub`, for sockets and HTTP alike.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;
@@ -13,7 +16,7 @@ use parley_test_support::sio::{Client, Error};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-fn signed(algorithm: Algorithm, secret: &str, claims: Value) -> String {
+fn signed(algorithm: Algorithm, secret: &str, claims: &Value) -> String {
     encode(
         &Header::new(algorithm),
         &claims,
@@ -52,23 +55,23 @@ fn bad_tokens(user: Uuid) -> Vec<(&'static str, Value)> {
         ("alg none", json!({ "token": unsigned })),
         (
             "HS512",
-            json!({ "token": signed(Algorithm::HS512, TEST_JWT_SECRET, json!({ "sub": user, "exp": now + 3600 })) }),
+            json!({ "token": signed(Algorithm::HS512, TEST_JWT_SECRET, &json!({ "sub": user, "exp": now + 3600 })) }),
         ),
         (
             "other secret",
-            json!({ "token": signed(Algorithm::HS256, "another-secret-0123456789", json!({ "sub": user, "exp": now + 3600 })) }),
+            json!({ "token": signed(Algorithm::HS256, "another-secret-0123456789", &json!({ "sub": user, "exp": now + 3600 })) }),
         ),
         (
             "expired",
-            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, json!({ "sub": user, "exp": now - 10 })) }),
+            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, &json!({ "sub": user, "exp": now - 10 })) }),
         ),
         (
             "no exp",
-            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, json!({ "sub": user })) }),
+            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, &json!({ "sub": user })) }),
         ),
         (
             "sub not a uuid",
-            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, json!({ "sub": "alice", "exp": now + 3600 })) }),
+            json!({ "token": signed(Algorithm::HS256, TEST_JWT_SECRET, &json!({ "sub": "alice", "exp": now + 3600 })) }),
         ),
     ]
 }

@@ -1,6 +1,9 @@
 //! The message path end to end: socket and HTTP sends through a real gateway, JetStream and the
 //! persistence worker, out to every socket of both participants on every gateway instance.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -118,8 +121,8 @@ async fn bad_sends_are_refused_with_the_contract_code_store_nothing_and_keep_the
     for (body, status, expected) in [
         (r#"{"body":""}"#, 400, "invalid_message"),
         (r#"{"body":5}"#, 400, "invalid_message"),
-        (r#"[1]"#, 400, "invalid_request"),
-        (r#"not json"#, 400, "invalid_request"),
+        (r"[1]", 400, "invalid_request"),
+        (r"not json", 400, "invalid_request"),
     ] {
         let response = http::request(addr, "POST", &path, Some(&t), Some(body)).await;
         assert_eq!(response.status, status, "{body}: {}", response.raw);

@@ -1,147 +1,42 @@
 //! The processes as an operator runs them: real binaries, stopped with SIGTERM under load,
 //! scraped for metrics, and their logs read for anything that must never be there.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream;
-use parley_test_support::smtp::free_port;
-use parley_test_support::{
-    NatsServer, ProjectFixture, TEST_JWT_SECRET, TestDatabase, conversation_exists, eventually, http, workspace_binary,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use parley_test_support::stack::{Service, Spec, TestStack};
+use parley_test_support::{ProjectFixture, TEST_JWT_SECRET, conversation_exists, eventually, http};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// A running binary whose stdout and stderr go to a file.
-struct Process {
-    child: Child,
-    log: PathBuf,
+/// NATS with Parley's streams and a fresh database; the processes are the tests' to start.
+async fn bench() -> TestStack {
+    TestStack::builder().streams().build().await
 }
 
-impl Process {
-    fn start(binary: &Path, env: &[(&str, String)], log: PathBuf) -> Process {
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut command = Command::new(binary);
-        command
-            .env("PARLEY_LOG_FORMAT", "json")
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Process {
-            child: command.spawn().unwrap(),
-            log,
-        }
-    }
-
-    /// SIGTERM, then the exit status within `bound`.
-    fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within {bound:?}",
-                self.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
+/// A gateway binary logging JSON at debug level to `<name>.log`.
+fn gateway_binary(name: &str) -> Spec {
+    Spec::gateway().binary().named(name).env("RUST_LOG", "debug")
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A worker binary (`spec` says which) logging JSON at debug level to `<name>.log`.
+fn worker_binary(spec: Spec, name: &str) -> Spec {
+    spec.binary().named(name).batch_size(50).env("RUST_LOG", "debug")
 }
 
-struct Bench {
-    nats: NatsServer,
-    db: TestDatabase,
-    js: jetstream::Context,
-    dir: PathBuf,
-}
-
-impl Bench {
-    async fn new() -> Bench {
-        let nats = NatsServer::start();
-        let db = TestDatabase::create().await;
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        parley_nats::ensure_streams(&js, 1).await.unwrap();
-        let dir = std::env::temp_dir().join(format!("parley-ops-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Bench { nats, db, js, dir }
-    }
-
-    fn gateway(&self, name: &str) -> (Process, SocketAddr) {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let env = [
-            ("NATS_URL", self.nats.url()),
-            ("DATABASE_URL", self.db.url.clone()),
-            ("PARLEY_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
-            ("PARLEY_LISTEN", addr.to_string()),
-        ];
-        (
-            Process::start(&workspace_binary("parley-gateway"), &env, self.dir.join(name)),
-            addr,
-        )
-    }
-
-    fn worker(&self, binary: &str, name: &str) -> (Process, SocketAddr) {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let env = [
-            ("NATS_URL", self.nats.url()),
-            ("DATABASE_URL", self.db.url.clone()),
-            ("PARLEY_ADMIN_LISTEN", admin.to_string()),
-            ("PARLEY_BATCH_SIZE", "50".to_owned()),
-        ];
-        (
-            Process::start(&workspace_binary(binary), &env, self.dir.join(name)),
-            admin,
-        )
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn ready(addr: SocketAddr) {
-    eventually(&format!("{addr} to be ready"), Duration::from_secs(60), || async {
-        let probe = tokio::time::timeout(Duration::from_secs(2), async {
-            tokio::net::TcpStream::connect(addr).await.ok()?;
-            (http::request(addr, "GET", "/readyz", None, None).await.status == 200).then_some(())
-        });
-        probe.await.ok().flatten()
-    })
-    .await;
+fn log_name(process: &Service) -> String {
+    process
+        .log_path()
+        .map_or_else(|| process.name().to_owned(), |path| path.display().to_string())
 }
 
 /// Sends through HTTP; `Some(id)` when the gateway acknowledged (201).
@@ -155,7 +50,6 @@ async fn try_send(addr: SocketAddr, conversation: Uuid, token: &str, body: &str)
              Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
             payload.len()
         );
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.ok()?;
@@ -172,24 +66,24 @@ async fn try_send(addr: SocketAddr, conversation: Uuid, token: &str, body: &str)
         .flatten()
 }
 
-fn assert_no_secrets(process: &Process, secrets: &[String]) {
-    let raw = std::fs::read_to_string(&process.log).unwrap_or_default();
+fn assert_no_secrets(process: &Service, secrets: &[String]) {
+    let raw = process.log_text();
     for secret in secrets {
         assert!(
             !raw.contains(secret.as_str()),
             "{} contains a message body or token",
-            process.log.display()
+            log_name(process)
         );
     }
 }
 
 /// The `persisted` and `duplicates` a worker reported when its chat loop stopped.
-fn stop_report(worker: &Process) -> (u64, u64) {
+fn stop_report(worker: &Service) -> (u64, u64) {
     let line = worker
         .log_lines()
         .into_iter()
         .find(|l| l["message"] == "chat loop stopped")
-        .unwrap_or_else(|| panic!("{} has no stop report", worker.log.display()));
+        .unwrap_or_else(|| panic!("{} has no stop report", log_name(worker)));
     (
         line["persisted"].as_u64().unwrap(),
         line["duplicates"].as_u64().unwrap(),
@@ -198,16 +92,16 @@ fn stop_report(worker: &Process) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
-    let bench = Bench::new().await;
-    let (mut gateway, addr) = bench.gateway("gateway.log");
+    let bench = bench().await;
+    let mut gateway = bench.start(gateway_binary("gateway")).await;
+    let addr = gateway.addr;
     let mut workers = vec![
-        bench.worker("parley-persistence-worker", "worker-1.log").0,
-        bench.worker("parley-persistence-worker", "worker-2.log").0,
+        bench.start(worker_binary(Spec::persistence(), "worker-1")).await,
+        bench.start(worker_binary(Spec::persistence(), "worker-2")).await,
     ];
-    ready(addr).await;
     let project = ProjectFixture::new("Shutdown");
     project.publish_started(&bench.js).await;
-    conversation_exists(&bench.db, &project).await;
+    conversation_exists(bench.db(), &project).await;
     let conversation = project.conversation_id();
     let token = parley_test_support::token_for(project.client(), TEST_JWT_SECRET);
 
@@ -238,13 +132,13 @@ async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
         })
         .await;
         let mut worker = workers.remove(0);
-        let status = worker.terminate(Duration::from_secs(20));
+        let status = worker.stop_within(Duration::from_secs(20)).await;
         assert!(status.success(), "a worker stops cleanly on SIGTERM: {status}");
         finished.push(worker);
         workers.push(
             bench
-                .worker("parley-persistence-worker", &format!("worker-{}.log", round + 3))
-                .0,
+                .start(worker_binary(Spec::persistence(), &format!("worker-{}", round + 3)))
+                .await,
         );
     }
     // Then the gateway, with sends in flight.
@@ -252,7 +146,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
         (acked_count() >= 450).then_some(())
     })
     .await;
-    let status = gateway.terminate(Duration::from_secs(30));
+    let status = gateway.stop_within(Duration::from_secs(30)).await;
     assert!(status.success(), "the gateway stops cleanly on SIGTERM: {status}");
     stop.cancel();
     for sender in senders {
@@ -262,7 +156,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
     assert!(acked.len() >= 450);
 
     // Every acknowledged message is stored, once.
-    let store = bench.db.store();
+    let store = bench.db().store();
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE conversation_id = $1")
             .bind(conversation)
@@ -295,19 +189,14 @@ async fn sigterm_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
     );
 
     for worker in &mut workers {
-        assert!(worker.terminate(Duration::from_secs(20)).success());
+        assert!(worker.stop_within(Duration::from_secs(20)).await.success());
     }
     finished.extend(workers);
     // Nothing was written twice: the workers' own counts add up to the rows, with no duplicate.
     let mut persisted = 0;
     for worker in &finished {
         let (rows, duplicates) = stop_report(worker);
-        assert_eq!(
-            duplicates,
-            0,
-            "{} wrote rows that were already there",
-            worker.log.display()
-        );
+        assert_eq!(duplicates, 0, "{} wrote rows that were already there", log_name(worker));
         persisted += rows;
     }
     assert_eq!(persisted as usize, stored.len());
@@ -325,8 +214,7 @@ fn sample(text: &str, metric: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .next()
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
 
@@ -338,9 +226,9 @@ async fn scrape(addr: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone_and_its_sockets_just_left() {
-    let mut bench = Bench::new().await;
-    let (mut gateway, addr) = bench.gateway("gateway-nats-gone.log");
-    ready(addr).await;
+    let mut bench = bench().await;
+    let mut gateway = bench.start(gateway_binary("gateway-nats-gone")).await;
+    let addr = gateway.addr;
     // Each socket's user goes online here, then offline: a presence write each.
     let url = format!("http://{addr}");
     let mut sockets = Vec::new();
@@ -358,19 +246,19 @@ async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone_and_its_sockets_ju
     }
     // With NATS away a presence write waits for the JetStream timeout; neither the writes of the
     // departures nor the cleanup may hold the shutdown (its bound on a stuck connection is 20 s).
-    let status = gateway.terminate(Duration::from_secs(15));
+    let status = gateway.stop_within(Duration::from_secs(15)).await;
     assert!(status.success(), "the gateway stops cleanly on SIGTERM: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_answer_on_every_process_and_move_with_traffic() {
-    let bench = Bench::new().await;
-    let (gateway, addr) = bench.gateway("gateway.log");
-    let (persistence, persistence_admin) = bench.worker("parley-persistence-worker", "persistence.log");
-    let (notification, notification_admin) = bench.worker("parley-notification-worker", "notification.log");
-    ready(addr).await;
-    ready(persistence_admin).await;
-    ready(notification_admin).await;
+    let bench = bench().await;
+    let gateway = bench.start(gateway_binary("gateway")).await;
+    let addr = gateway.addr;
+    let persistence = bench.start(worker_binary(Spec::persistence(), "persistence")).await;
+    let persistence_admin = persistence.addr;
+    let notification = bench.start(worker_binary(Spec::notification(), "notification")).await;
+    let notification_admin = notification.addr;
     assert_eq!(
         http::request(persistence_admin, "GET", "/healthz", None, None)
             .await
@@ -386,7 +274,7 @@ async fn metrics_answer_on_every_process_and_move_with_traffic() {
 
     let project = ProjectFixture::new("Metrics");
     project.publish_started(&bench.js).await;
-    conversation_exists(&bench.db, &project).await;
+    conversation_exists(bench.db(), &project).await;
     let conversation = project.conversation_id();
     let before = scrape(addr).await;
     let client_token = parley_test_support::token_for(project.client(), TEST_JWT_SECRET);

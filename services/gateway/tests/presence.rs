@@ -1,15 +1,18 @@
 //! Presence in the `PARLEY_PRESENCE` bucket: online while any socket of the user is connected to
 //! any gateway; a gateway killed with -9 stops counting its users within about a minute.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use parley_nats::buckets::is_online;
+use parley_test_support::eventually;
 use parley_test_support::sio::Client;
-use parley_test_support::{TEST_JWT_SECRET, eventually, http};
+use parley_test_support::stack::Spec;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -47,34 +50,15 @@ async fn a_user_is_online_while_any_of_their_sockets_is_connected_on_any_gateway
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_with_kill_9_stops_counting_its_users_within_about_a_minute() {
     let stack = stack(0).await;
-    let port = parley_test_support::smtp::free_port();
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_parley-gateway"))
-        .env("NATS_URL", stack.nats.url())
-        .env("DATABASE_URL", &stack.db.url)
-        .env("PARLEY_JWT_SECRET", TEST_JWT_SECRET)
-        .env("PARLEY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    eventually("the gateway to be ready", Duration::from_secs(30), || async {
-        let ready = tokio::time::timeout(Duration::from_secs(2), async {
-            if tokio::net::TcpStream::connect(addr).await.is_err() {
-                return false;
-            }
-            http::request(addr, "GET", "/readyz", None, None).await.status == 200
-        });
-        ready.await.unwrap_or(false).then_some(())
-    })
-    .await;
+    let mut gateway = stack.start(Spec::gateway().binary().env("RUST_LOG", "warn")).await;
+    let addr = gateway.addr;
     let user = Uuid::new_v4();
     let socket = Client::connect(&format!("http://{addr}"), json!({ "token": token(user) }))
         .await
         .unwrap();
     online_becomes(&stack, user, true, WAIT).await;
 
-    gateway.kill().unwrap();
-    gateway.wait().unwrap();
+    gateway.kill().await;
     let killed = Instant::now();
     online_becomes(&stack, user, false, Duration::from_secs(90)).await;
     let took = killed.elapsed();

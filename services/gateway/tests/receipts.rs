@@ -1,5 +1,8 @@
 //! Read receipts and unread counts, across devices and gateway instances.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -215,8 +218,8 @@ impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
         self.0 = self
             .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % below
     }
 }

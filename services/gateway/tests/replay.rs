@@ -1,6 +1,9 @@
 //! Catch-up on join: exactly the missed messages, in order, then live ones, never twice on a
 //! socket; from Postgres where the stream no longer holds them; no consumer left behind.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -88,9 +91,9 @@ async fn an_offline_recipient_gets_exactly_what_it_missed_then_live_messages_man
 
     // The client comes and goes: each time it joins from the last seq it saw.
     let mut seen: Vec<i64> = Vec::new();
-    let mut random = 0x9e3779b97f4a7c15u64;
+    let mut random = 0x9e37_79b9_7f4a_7c15_u64;
     for round in 0..12 {
-        random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
+        random = random.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let offline = Duration::from_millis(20 + (random >> 33) % 150);
         tokio::time::sleep(offline).await;
         let mut socket = stack.socket(round % 2, project.client()).await;

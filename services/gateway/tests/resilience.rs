@@ -1,5 +1,8 @@
 //! Running services survive a nats-server restart: they reconnect by themselves and resume.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

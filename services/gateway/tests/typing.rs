@@ -1,6 +1,9 @@
 //! Typing indicators: only to the other participant's joined sockets, on any instance, expiring,
 //! ended by leave and disconnect, and throttled on the way to NATS.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

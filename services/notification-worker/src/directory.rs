@@ -4,7 +4,9 @@
 //! The directory is learnt by a [`Handler`] of the shared consumer runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_nats::jetstream::{self, kv};
 use parley_domain::Role;
@@ -77,12 +79,7 @@ impl Directory {
 
     /// The card of a conversation, `None` while its `project.started` has not been seen.
     pub async fn card(&self, conversation_id: Uuid) -> Result<Option<ConversationCard>, async_nats::Error> {
-        if let Some(card) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&conversation_id)
-        {
+        if let Some(card) = self.cache.lock().get(&conversation_id) {
             return Ok(Some(card.clone()));
         }
         let card: Option<ConversationCard> = match self.kv.get(conversation_id.to_string()).await? {
@@ -90,7 +87,7 @@ impl Directory {
             None => None,
         };
         if let Some(card) = &card {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.cache.lock();
             if cache.len() >= CACHED_CARDS {
                 cache.clear();
             }

@@ -236,9 +236,7 @@ async fn unread_since(
     let stream = js.get_stream_no_info(parley_nats::CHAT_STREAM).await?;
     let read_subject = subjects::conversation_reads(job.conversation_id, job.recipient_id);
     let mark = match stream.direct_get_last_for_subject(read_subject).await {
-        Ok(stored) => serde_json::from_slice::<ReadMarked>(&stored.payload)
-            .map(|r| r.seq)
-            .unwrap_or(0),
+        Ok(stored) => serde_json::from_slice::<ReadMarked>(&stored.payload).map_or(0, |r| r.seq),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
         Err(e) => return Err(e.into()),
     };

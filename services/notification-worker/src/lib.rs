@@ -32,8 +32,8 @@ use tracing::info;
 /// `PARLEY_ADMIN_LISTEN` when unset.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
 
-/// The worker's configuration, from the environment. `NATS_URL`, `PARLEY_STREAM_REPLICAS` and
-/// `PARLEY_ADMIN_LISTEN` are read as every process reads them ([`CommonConfig`]).
+/// The worker's configuration, from the environment. `NATS_URL` and `PARLEY_STREAM_REPLICAS` are
+/// read as every process reads them ([`CommonConfig`]).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `NATS_URL`
@@ -61,7 +61,8 @@ fn default_email_from() -> Mailbox {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let common = CommonConfig::from_env(DEFAULT_ADMIN_LISTEN)?;
+        let common = CommonConfig::from_env()?;
+        let admin_listen = config::parsed("PARLEY_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?;
         let smtp_url = config::optional("PARLEY_SMTP_URL");
         if let Some(url) = &smtp_url {
             lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|e| ConfigError {
@@ -80,6 +81,7 @@ impl Config {
             smtp_url,
             email_from,
             email_delay: Duration::from_millis(config::parsed("PARLEY_EMAIL_DELAY_MS", 60_000u64)?),
+            admin_listen,
             ..Self::new(common)
         })
     }
@@ -92,7 +94,8 @@ impl Config {
             email_from: default_email_from(),
             email_delay: Duration::from_secs(60),
             stream_replicas: common.stream_replicas,
-            admin_listen: common.admin_listen,
+            // Tests bind on a port the system picks; `from_env` reads `PARLEY_ADMIN_LISTEN`.
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -126,9 +129,7 @@ impl Application {
             Some(url) => Some(email::Mailer::new(url, config.email_from.clone()).context("PARLEY_SMTP_URL")?),
             None => None,
         };
-        let admin = AdminListener::bind(config.admin_listen)
-            .await
-            .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
+        let admin = AdminListener::bind(config.admin_listen).await?;
         Ok(Self {
             config,
             client,

@@ -1,42 +1,37 @@
 //! The notification worker against a real nats-server and a real SMTP listener.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use chrono::Utc;
 use futures::StreamExt;
 use parley_events::{Notification, ReadMarked, subjects};
-use parley_notification_worker::{Application, Config};
-use parley_service::config::CommonConfig;
 use parley_test_support::smtp::{SmtpServer, free_port};
+use parley_test_support::stack::{Spec, TestStack};
 use parley_test_support::{
-    NatsServer, ProjectFixture, consumer_caught_up, consumer_info, eventually, publish_json, publish_message,
+    ProjectFixture, consumer_caught_up, consumer_info, eventually, publish_json, publish_message,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-struct Env {
-    nats: NatsServer,
-    js: jetstream::Context,
-}
+/// NATS with Parley's streams (no database: the worker needs none), no worker yet.
+type Env = TestStack;
 
 async fn env() -> Env {
-    parley_service::init_test_tracing();
-    let nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    parley_nats::ensure_streams(&js, 1).await.unwrap();
-    Env { nats, js }
+    TestStack::builder().without_database().streams().build().await
 }
 
-fn config(env: &Env, smtp: Option<String>, delay: Duration) -> Config {
-    let config = Config::new(CommonConfig::local(env.nats.url()));
+/// The worker, emailing through `smtp` after `delay` when given one.
+fn config(smtp: Option<String>, delay: Duration) -> Spec {
     match smtp {
-        Some(url) => config.with_email(url, delay),
-        None => config,
+        Some(url) => Spec::notification().email(url, delay),
+        None => Spec::notification(),
     }
 }
 
@@ -47,11 +42,10 @@ struct Worker {
     stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_worker(config: Config) -> Worker {
-    let app = Application::build(config).await.expect("the worker builds");
-    let admin = app.admin_addr();
-    let shutdown = CancellationToken::new();
-    let stopped = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+async fn start_worker(env: &Env, config: Spec) -> Worker {
+    let service = env.launch(config).await;
+    let admin = service.addr;
+    let (shutdown, stopped) = service.into_in_process().expect("an in-process worker");
     Worker {
         admin,
         shutdown,
@@ -59,8 +53,13 @@ async fn start_worker(config: Config) -> Worker {
     }
 }
 
-async fn spawn_worker(config: Config) -> CancellationToken {
-    start_worker(config).await.shutdown
+async fn spawn_worker(env: &Env, config: Spec) -> CancellationToken {
+    start_worker(env, config).await.shutdown
+}
+
+/// The worker's binary, as operators run it (kill -9 in the chaos test).
+fn worker_binary() -> Spec {
+    Spec::notification().binary().env("RUST_LOG", "warn")
 }
 
 /// Waits until the worker's message consumer has acknowledged everything in the chat stream.
@@ -89,7 +88,7 @@ async fn stored_notifications(js: &jetstream::Context) -> Vec<(Notification, Str
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string())
+            .map(std::string::ToString::to_string)
             .unwrap_or_default();
         out.push((
             serde_json::from_slice(&message.payload).unwrap(),
@@ -106,7 +105,7 @@ async fn each_message_notifies_each_recipient_once_with_the_project_reference_an
     let mut project = ProjectFixture::new("Logo «Ünïcode» \"quoted\" & <tags>");
     project.event.provider.display_name = "Provider Person".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60))).await;
+    let shutdown = spawn_worker(&env, config(None, Duration::from_secs(60))).await;
 
     let first = project.message(project.client(), "hello provider");
     let second = project.message(project.provider(), &"long reply ".repeat(30));
@@ -196,7 +195,7 @@ async fn each_message_notifies_each_recipient_once_with_the_project_reference_an
 async fn a_message_of_a_conversation_not_known_yet_is_retried_until_it_is() {
     let env = env().await;
     let project = ProjectFixture::new("Late start");
-    let shutdown = spawn_worker(config(&env, None, Duration::from_secs(60))).await;
+    let shutdown = spawn_worker(&env, config(None, Duration::from_secs(60))).await;
     let early = project.message(project.client(), "before the project event");
     publish_message(&env.js, &early).await;
     project.publish_started(&env.js).await;
@@ -208,22 +207,12 @@ async fn a_message_of_a_conversation_not_known_yet_is_retried_until_it_is() {
     shutdown.cancel();
 }
 
-fn spawn_worker_process(env: &Env) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_parley-notification-worker"))
-        .env("NATS_URL", env.nats.url())
-        .env("RUST_LOG", "warn")
-        .env_remove("PARLEY_SMTP_URL")
-        .env("PARLEY_ADMIN_LISTEN", "127.0.0.1:0")
-        .spawn()
-        .expect("start the worker binary")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_killed_repeatedly_still_notify_exactly_once_per_message() {
     let env = env().await;
     let project = ProjectFixture::new("Chaos");
     project.publish_started(&env.js).await;
-    let mut workers = vec![spawn_worker_process(&env), spawn_worker_process(&env)];
+    let mut workers = vec![env.start(worker_binary()).await, env.start(worker_binary()).await];
     let mut sent = HashSet::new();
     for round in 0..6 {
         for i in 0..50 {
@@ -237,9 +226,8 @@ async fn two_workers_killed_repeatedly_still_notify_exactly_once_per_message() {
             sent.insert(event.id);
         }
         let victim = round % 2;
-        workers[victim].kill().unwrap();
-        workers[victim].wait().unwrap();
-        workers[victim] = spawn_worker_process(&env);
+        workers[victim].kill().await;
+        workers[victim] = env.start(worker_binary()).await;
     }
     caught_up(&env.js).await;
     let stored = stored_notifications(&env.js).await;
@@ -247,8 +235,7 @@ async fn two_workers_killed_repeatedly_still_notify_exactly_once_per_message() {
     assert_eq!(stored.len(), sent.len(), "exactly one notification per message");
     assert_eq!(ids, sent);
     for mut worker in workers {
-        worker.kill().unwrap();
-        worker.wait().unwrap();
+        worker.kill().await;
     }
 }
 
@@ -270,7 +257,7 @@ async fn an_offline_recipient_gets_one_email_for_two_messages_sent_within_the_wi
     let mut project = ProjectFixture::new("Website redesign");
     project.event.client.display_name = "Carla Client".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
+    let shutdown = spawn_worker(&env, config(Some(smtp.url()), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "first question")).await;
     publish_message(&env.js, &project.message(project.client(), "second question")).await;
 
@@ -323,7 +310,7 @@ async fn an_online_recipient_and_one_who_read_in_time_get_no_email() {
         )
         .await
         .unwrap();
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
+    let shutdown = spawn_worker(&env, config(Some(smtp.url()), DELAY)).await;
 
     publish_message(&env.js, &online.message(online.client(), "you are here")).await;
     let seq = publish_message(&env.js, &reader.message(reader.client(), "read me")).await;
@@ -358,7 +345,7 @@ async fn a_hostile_display_name_produces_no_extra_header_and_no_live_markup() {
     let mut project = ProjectFixture::new("Title <i>x</i>\r\nX-Title-Injected: 1");
     project.event.client.display_name = "Eve\r\nBcc: victim@example.test\r\n<b>bold</b>".into();
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(smtp.url()), DELAY)).await;
+    let shutdown = spawn_worker(&env, config(Some(smtp.url()), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "<script>alert(1)</script>")).await;
 
     let mail = smtp.wait_for(1, PATIENCE).await;
@@ -386,7 +373,7 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
     let port = free_port();
     let project = ProjectFixture::new("Outage");
     project.publish_started(&env.js).await;
-    let shutdown = spawn_worker(config(&env, Some(format!("smtp://127.0.0.1:{port}")), DELAY)).await;
+    let shutdown = spawn_worker(&env, config(Some(format!("smtp://127.0.0.1:{port}")), DELAY)).await;
     publish_message(&env.js, &project.message(project.client(), "are you there?")).await;
 
     // Notifications do not wait for email.
@@ -409,7 +396,7 @@ async fn with_smtp_down_for_a_while_the_email_arrives_once_after_it_comes_back()
 #[tokio::test]
 async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
     let env = env().await;
-    let worker = start_worker(config(&env, None, Duration::from_secs(60))).await;
+    let worker = start_worker(&env, config(None, Duration::from_secs(60))).await;
     assert_ne!(worker.admin.port(), 0);
     assert_eq!(
         parley_test_support::http::request(worker.admin, "GET", "/healthz", None, None)
@@ -431,7 +418,7 @@ async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
 async fn a_worker_started_while_nats_is_down_still_stops_when_told() {
     let mut env = env().await;
     env.nats.kill();
-    let worker = start_worker(config(&env, None, Duration::from_secs(60))).await;
+    let worker = start_worker(&env, config(None, Duration::from_secs(60))).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!worker.stopped.is_finished(), "it waits for NATS rather than exit");
     worker.shutdown.cancel();

@@ -7,7 +7,9 @@
 //! by the same [`Settler`]. Acks are plain, as everywhere (see `parley_nats::consume`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
@@ -52,7 +54,7 @@ pub(crate) async fn run(
         let first = tokio::select! {
             // The batches in hand are finished below; what the consumer had buffered but not
             // handed out is redelivered to the other workers.
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             next = messages.next() => next,
         };
         let mut batch = Vec::with_capacity(batch_size);
@@ -158,7 +160,7 @@ impl Members {
         let mut pairs = HashSet::new();
         let mut unknown = Vec::new();
         {
-            let known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = self.0.lock();
             for conversation in conversations {
                 match known.get(&conversation) {
                     Some(users) => pairs.extend(users.iter().map(|user| (conversation, *user))),
@@ -170,7 +172,7 @@ impl Members {
             return Ok(pairs);
         }
         let found = store.participants_of(&unknown).await?;
-        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known = self.0.lock();
         if known.len() + unknown.len() > Self::MAX_CONVERSATIONS {
             known.clear();
         }

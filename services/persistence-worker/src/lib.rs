@@ -39,8 +39,8 @@ fn dead_letters(js: &async_nats::jetstream::Context) -> DeadLetters {
     DeadLetters::new(js.clone(), "persistence", "parley_persistence_dead_lettered_total")
 }
 
-/// The worker's configuration, from the environment. `NATS_URL`, `PARLEY_STREAM_REPLICAS` and
-/// `PARLEY_ADMIN_LISTEN` are read as every process reads them ([`CommonConfig`]).
+/// The worker's configuration, from the environment. `NATS_URL` and `PARLEY_STREAM_REPLICAS` are
+/// read as every process reads them ([`CommonConfig`]).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `NATS_URL`
@@ -57,7 +57,8 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let common = CommonConfig::from_env(DEFAULT_ADMIN_LISTEN)?;
+        let common = CommonConfig::from_env()?;
+        let admin_listen = config::parsed("PARLEY_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?;
         let batch_size = config::parsed("PARLEY_BATCH_SIZE", 5000usize)?;
         if !(1..=10_000).contains(&batch_size) {
             return Err(ConfigError {
@@ -66,7 +67,10 @@ impl Config {
             });
         }
         let database_url = config::or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/parley");
-        Ok(Self::new(common, database_url).with_batch_size(batch_size))
+        Ok(Self {
+            admin_listen,
+            ..Self::new(common, database_url).with_batch_size(batch_size)
+        })
     }
 
     /// The worker on `common`'s NATS and `database_url`, with the default batch size.
@@ -76,7 +80,8 @@ impl Config {
             database_url: database_url.into(),
             batch_size: 5000,
             stream_replicas: common.stream_replicas,
-            admin_listen: common.admin_listen,
+            // Tests bind on a port the system picks; `from_env` reads `PARLEY_ADMIN_LISTEN`.
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -105,9 +110,7 @@ impl Application {
         let client = parley_nats::connect(&config.nats_url, "parley-persistence-worker")
             .await
             .context("NATS_URL")?;
-        let admin = AdminListener::bind(config.admin_listen)
-            .await
-            .with_context(|| format!("PARLEY_ADMIN_LISTEN: cannot bind {}", config.admin_listen))?;
+        let admin = AdminListener::bind(config.admin_listen).await?;
         Ok(Self {
             config,
             store,

@@ -1,42 +1,35 @@
 //! The persistence worker against a real nats-server and a real Postgres database per test.
 
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
 use parley_events::subjects;
-use parley_persistence_worker::{Application, Config};
-use parley_service::config::CommonConfig;
-use parley_store::{HistoryQuery, MessageRow};
+use parley_store::HistoryQuery;
+use parley_test_support::stack::{Spec, TestStack};
 use parley_test_support::{
-    NatsServer, ProjectFixture, TestDatabase, consumer_caught_up, consumer_info, conversation_exists, eventually,
-    publish_message,
+    ProjectFixture, TestDatabase, consumer_caught_up, consumer_info, conversation_exists, eventually, publish_message,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-struct Env {
-    nats: NatsServer,
-    db: TestDatabase,
-    js: jetstream::Context,
-}
+/// NATS with Parley's streams and a fresh database, no worker yet.
+type Env = TestStack;
 
 async fn env() -> Env {
-    let nats = NatsServer::start();
-    let db = TestDatabase::create().await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    parley_nats::ensure_streams(&js, 1).await.unwrap();
-    Env { nats, db, js }
+    TestStack::builder().streams().build().await
 }
 
-fn config(env: &Env) -> Config {
-    Config::new(CommonConfig::local(env.nats.url()), env.db.url.clone()).with_batch_size(200)
+/// The worker as these tests run it in-process.
+fn config() -> Spec {
+    Spec::persistence().batch_size(200)
 }
 
 /// A worker in this process, its admin endpoint on a port the system picked.
@@ -47,10 +40,9 @@ struct Worker {
 }
 
 async fn start_worker(env: &Env) -> Worker {
-    let app = Application::build(config(env)).await.expect("the worker builds");
-    let admin = app.admin_addr();
-    let shutdown = CancellationToken::new();
-    let stopped = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let service = env.launch(config()).await;
+    let admin = service.addr;
+    let (shutdown, stopped) = service.into_in_process().expect("an in-process worker");
     Worker {
         admin,
         shutdown,
@@ -60,6 +52,11 @@ async fn start_worker(env: &Env) -> Worker {
 
 async fn spawn_worker(env: &Env) -> CancellationToken {
     start_worker(env).await.shutdown
+}
+
+/// The worker's binary, as operators run it (kill -9 in the chaos test).
+fn worker_binary() -> Spec {
+    Spec::persistence().binary().batch_size(50).env("RUST_LOG", "warn")
 }
 
 async fn stored_count(db: &TestDatabase, conversation: Uuid) -> i64 {
@@ -99,7 +96,7 @@ async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts(
     project.publish_started(&env.js).await;
 
     let shutdown = spawn_worker(&env).await;
-    conversation_exists(&env.db, &project).await;
+    conversation_exists(env.db(), &project).await;
     // Both events are consumed before we count.
     eventually("both started events to be acked", PATIENCE, || async {
         let info = consumer_info(&env.js, parley_nats::PROJECTS_STREAM, "parley-persistence-projects").await?;
@@ -107,7 +104,7 @@ async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts(
     })
     .await;
 
-    let pool = env.db.store();
+    let pool = env.db().store();
     let conversations: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
         .fetch_one(pool.pool())
         .await
@@ -118,7 +115,7 @@ async fn a_project_started_while_no_worker_runs_is_applied_once_when_one_starts(
         .unwrap();
     assert_eq!((conversations, participants), (1, 2));
 
-    let store = env.db.store();
+    let store = env.db().store();
     let id = project.conversation_id();
     let client_view = store
         .access(id, project.client())
@@ -143,7 +140,7 @@ async fn a_closed_project_turns_its_conversation_read_only_and_closing_twice_is_
     project.publish_closed(&env.js).await;
     project.publish_closed(&env.js).await;
     let shutdown = spawn_worker(&env).await;
-    let store = env.db.store();
+    let store = env.db().store();
     let id = project.conversation_id();
     eventually("the conversation to close", PATIENCE, || async {
         let access = store.access(id, project.client()).await.ok()??;
@@ -159,7 +156,7 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
     let project = ProjectFixture::new("Messages");
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(&env).await;
-    conversation_exists(&env.db, &project).await;
+    conversation_exists(env.db(), &project).await;
 
     let first = project.message(project.client(), "hello");
     // Tabs, line breaks and backslashes (even a literal `\N`) must come back exactly as sent.
@@ -183,10 +180,10 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
         .unwrap();
     client.flush().await.unwrap();
 
-    let store = env.db.store();
+    let store = env.db().store();
     let id = project.conversation_id();
     eventually("both messages stored", PATIENCE, || async {
-        (stored_count(&env.db, id).await == 2).then_some(())
+        (stored_count(env.db(), id).await == 2).then_some(())
     })
     .await;
     let page = store
@@ -221,46 +218,12 @@ async fn messages_are_stored_once_with_their_stream_sequence_and_update_the_last
 }
 
 #[tokio::test]
-async fn a_redelivery_inside_one_batch_and_a_duplicate_across_batches_leave_one_row() {
-    let env = env().await;
-    let project = ProjectFixture::new("Dedup");
-    env.db.store().apply_project_started(&project.event).await.unwrap();
-    let store = env.db.store();
-    let row = |seq: i64, id: Uuid| MessageRow {
-        id,
-        conversation_id: project.conversation_id(),
-        seq,
-        sender_id: project.client(),
-        body: format!("body {seq}"),
-        client_msg_id: None,
-        created_at: Utc::now(),
-    };
-    let id = Uuid::now_v7();
-    let inserted = store.insert_messages(&[row(7, id), row(7, id)]).await.unwrap();
-    assert_eq!(inserted, 1);
-    let inserted = store
-        .insert_messages(&[row(7, id), row(9, Uuid::now_v7())])
-        .await
-        .unwrap();
-    assert_eq!(inserted, 1);
-    // A late, lower sequence never moves the last message back.
-    store.insert_messages(&[row(3, Uuid::now_v7())]).await.unwrap();
-    assert_eq!(stored_count(&env.db, project.conversation_id()).await, 3);
-    let conversation = store
-        .conversation_of(project.client(), project.conversation_id())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(conversation.last_message.unwrap().seq, 9);
-}
-
-#[tokio::test]
 async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_flowing() {
     let env = env().await;
     let project = ProjectFixture::new("Poison");
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(&env).await;
-    conversation_exists(&env.db, &project).await;
+    conversation_exists(env.db(), &project).await;
 
     let intruder = project.message(Uuid::new_v4(), "I am not a participant");
     publish_message(&env.js, &intruder).await;
@@ -276,13 +239,13 @@ async fn a_message_that_can_never_apply_is_dead_lettered_and_the_consumer_keeps_
     let good = project.message(project.provider(), "still flowing");
     publish_message(&env.js, &good).await;
 
-    let store = env.db.store();
+    let store = env.db().store();
     let id = project.conversation_id();
     eventually("the good message stored", PATIENCE, || async {
         store.message(id, good.id).await.ok().flatten().map(|_| ())
     })
     .await;
-    assert_eq!(stored_count(&env.db, id).await, 1, "only the valid message is stored");
+    assert_eq!(stored_count(env.db(), id).await, 1, "only the valid message is stored");
 
     let reasons: Vec<String> = dead_letters(&env, 2).await.into_iter().map(|l| l.reason).collect();
     assert!(reasons.iter().any(|r| r.contains("not a participant")), "{reasons:?}");
@@ -305,7 +268,7 @@ async fn a_message_that_arrives_before_its_project_starts_is_stored_once_the_pro
     .await;
 
     project.publish_started(&env.js).await;
-    let store = env.db.store();
+    let store = env.db().store();
     eventually("the early message stored", PATIENCE, || async {
         store
             .message(project.conversation_id(), early.id)
@@ -345,30 +308,19 @@ async fn a_message_for_a_conversation_that_never_starts_is_dead_lettered_after_i
     shutdown.cancel();
 }
 
-fn spawn_worker_process(env: &Env) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_parley-persistence-worker"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("PARLEY_BATCH_SIZE", "50")
-        .env("PARLEY_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start the worker binary")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_repeatedly() {
-    let env = env().await;
-    let project = ProjectFixture::new("Chaos");
-    project.publish_started(&env.js).await;
-    let mut workers = vec![spawn_worker_process(&env), spawn_worker_process(&env)];
-    conversation_exists(&env.db, &project).await;
-
-    // Publish in rounds; after each, kill -9 one of the two workers (alternating) and start a
-    // fresh one, so workers die with batches in hand while messages keep arriving.
     const ROUNDS: usize = 8;
     const PER_ROUND: usize = 75;
     const MESSAGES: usize = ROUNDS * PER_ROUND;
+    let env = env().await;
+    let project = ProjectFixture::new("Chaos");
+    project.publish_started(&env.js).await;
+    let mut workers = vec![env.start(worker_binary()).await, env.start(worker_binary()).await];
+    conversation_exists(env.db(), &project).await;
+
+    // Publish in rounds; after each, kill -9 one of the two workers (alternating) and start a
+    // fresh one, so workers die with batches in hand while messages keep arriving.
     let conversation = project.conversation_id();
     let mut acked = Vec::with_capacity(MESSAGES);
     for round in 0..ROUNDS {
@@ -383,21 +335,20 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
             acked.push((event.id, seq));
         }
         let victim = round % 2;
-        workers[victim].kill().unwrap();
-        workers[victim].wait().unwrap();
-        workers[victim] = spawn_worker_process(&env);
+        workers[victim].kill().await;
+        workers[victim] = env.start(worker_binary()).await;
     }
     let expected: HashSet<Uuid> = acked.iter().map(|(id, _)| *id).collect();
 
     eventually(
         "every acknowledged message stored",
         Duration::from_secs(120),
-        || async { (stored_count(&env.db, conversation).await as usize == MESSAGES).then_some(()) },
+        || async { (stored_count(env.db(), conversation).await as usize == MESSAGES).then_some(()) },
     )
     .await;
     let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT id, seq FROM messages WHERE conversation_id = $1 ORDER BY seq")
         .bind(conversation)
-        .fetch_all(env.db.store().pool())
+        .fetch_all(env.db().store().pool())
         .await
         .unwrap();
     let stored: HashSet<Uuid> = rows.iter().map(|(id, _)| *id).collect();
@@ -410,7 +361,7 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
         );
     }
     // History returns them in seq order, across pages.
-    let store = env.db.store();
+    let store = env.db().store();
     let mut after = 0;
     let mut paged = Vec::new();
     loop {
@@ -457,8 +408,7 @@ async fn every_acknowledged_message_lands_exactly_once_while_workers_are_killed_
     )
     .await;
     for mut worker in workers {
-        worker.kill().unwrap();
-        worker.wait().unwrap();
+        worker.kill().await;
     }
 }
 
@@ -468,7 +418,7 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     let project = ProjectFixture::new("Reads");
     project.publish_started(&env.js).await;
     let shutdown = spawn_worker(&env).await;
-    conversation_exists(&env.db, &project).await;
+    conversation_exists(env.db(), &project).await;
     let conversation = project.conversation_id();
     let read = |seq: i64| parley_events::ReadMarked {
         conversation_id: conversation,
@@ -483,7 +433,7 @@ async fn read_marks_only_move_forward_under_redelivery_and_reordering() {
     for seq in [5, 5, 3, 9, 9, 7] {
         parley_test_support::publish_json(&env.js, &subject, &read(seq)).await;
     }
-    let store = env.db.store();
+    let store = env.db().store();
     eventually("the mark to reach 9", PATIENCE, || async {
         (store.read_mark(conversation, project.client()).await.ok()? == 9).then_some(())
     })
@@ -521,7 +471,7 @@ async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
     project.publish_started(&env.js).await;
     // The conversation exists before the worker starts: messages of a conversation not created
     // yet are sent back for later, which reorders them on purpose.
-    env.db.store().apply_project_started(&project.event).await.unwrap();
+    env.db().store().apply_project_started(&project.event).await.unwrap();
     // A backlog of many batches (the test config's batch is 200), published before the worker
     // starts so that it writes full batches back to back, two in hand at once.
     let total = 3000;
@@ -529,7 +479,7 @@ async fn one_worker_commits_in_stream_order_so_history_never_shows_a_gap() {
         publish_message(&env.js, &project.message(project.client(), &format!("backlog {i}"))).await;
     }
     let shutdown = spawn_worker(&env).await;
-    let pool = env.db.store();
+    let pool = env.db().store();
     let mut observations = 0;
     loop {
         // One snapshot: how many rows, and the highest seq among them.

@@ -1,102 +1,78 @@
-//! A whole Parley stack per test: a private nats-server, a fresh database, an in-process
-//! persistence worker and any number of real gateways on port 0.
+//! The gateway tests' stack: a [`TestStack`] with NATS, a fresh database and an in-process
+//! persistence worker, plus any number of real gateways on port 0 that a test may add to.
+//! Everything is started by `parley_test_support::stack`; this file only keeps the shape and the
+//! socket helpers the gateway's tests share.
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use parley_gateway::{Application, Config};
+use parley_gateway::LimitConfig;
+use parley_test_support::TestDatabase;
 use parley_test_support::sio::Client;
-use parley_test_support::{NatsServer, ProjectFixture, TEST_JWT_SECRET, TestDatabase, conversation_exists, token_for};
+use parley_test_support::stack::{self, Endpoints, Run, Service, Spec, TestStack};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-}
+/// A gateway in this process, stopped when dropped.
+pub type TestGateway = Service;
 
-impl TestGateway {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
+/// NATS, Postgres, one persistence worker and the gateways in `gateways` (index order).
 pub struct Stack {
-    pub nats: NatsServer,
-    pub db: TestDatabase,
-    pub js: jetstream::Context,
+    // Fields drop in order: the gateways stop before the stack's NATS goes.
     pub gateways: Vec<TestGateway>,
+    /// The persistence worker's token: cancelling it stops the worker.
     pub worker: CancellationToken,
+    pub db: TestDatabase,
+    inner: TestStack,
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.worker.cancel();
+impl Deref for Stack {
+    type Target = TestStack;
+
+    fn deref(&self) -> &TestStack {
+        &self.inner
     }
 }
 
-/// Starts a real gateway on port 0 against `nats_url` and `database_url`.
+impl DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut TestStack {
+        &mut self.inner
+    }
+}
+
+/// Starts a real gateway on port 0 against `nats_url` and `database_url`, without limits.
 pub async fn spawn_gateway(nats_url: &str, database_url: &str) -> TestGateway {
-    let config = Config {
-        nats_url: nats_url.to_owned(),
-        database_url: database_url.to_owned(),
-        jwt_secret: TEST_JWT_SECRET.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        stream_replicas: 1,
-        db_pool_size: 8,
-    };
-    let app = Application::build(config).await.expect("gateway builds");
-    let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    // The listener is bound, so this request waits in its backlog until the gateway has applied
-    // the streams, subscribed its fan-out and started serving.
-    let ready = async {
-        while parley_test_support::http::request(addr, "GET", "/readyz", None, None).await.status != 200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, ready).await.expect("gateway ready");
-    TestGateway { addr, shutdown }
+    spawn_gateway_with(nats_url, database_url, LimitConfig::OFF).await
+}
+
+/// Starts a real gateway on port 0 against `nats_url` and `database_url`, with `limits`, and
+/// waits until it is ready.
+pub async fn spawn_gateway_with(nats_url: &str, database_url: &str, limits: LimitConfig) -> TestGateway {
+    let endpoints = Endpoints::new(nats_url, Some(database_url.to_owned()));
+    Service::start(Spec::gateway().limits(limits), &endpoints).await
 }
 
 /// NATS, Postgres, one persistence worker and `gateways` gateways.
 pub async fn stack(gateways: usize) -> Stack {
-    parley_service::init_test_tracing();
-    let nats = NatsServer::start();
-    let db = TestDatabase::create().await;
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stack = TestStack::builder()
+        .service(Spec::persistence().run(Run::InProcess).batch_size(100))
+        .build()
+        .await;
     let mut started = Vec::new();
     for _ in 0..gateways {
-        started.push(spawn_gateway(&nats.url(), &db.url).await);
+        started.push(stack.start(Spec::gateway()).await);
     }
-    let worker = CancellationToken::new();
-    let config = parley_persistence_worker::Config {
-        nats_url: nats.url(),
-        database_url: db.url.clone(),
-        batch_size: 100,
-        stream_replicas: 1,
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-    };
-    tokio::spawn(parley_persistence_worker::run(config, worker.clone()));
+    let worker = stack.persistence(0).shutdown_token().expect("an in-process worker");
     Stack {
-        nats,
-        db,
-        js,
         gateways: started,
         worker,
+        db: stack.db().clone(),
+        inner: stack,
     }
 }
 
@@ -105,36 +81,14 @@ impl Stack {
         &self.gateways[index]
     }
 
-    /// Starts a project and waits until its conversation exists.
-    pub async fn project(&self, title: &str) -> ProjectFixture {
-        let project = ProjectFixture::new(title);
-        project.publish_started(&self.js).await;
-        conversation_exists(&self.db, &project).await;
-        project
-    }
-
     /// A connected socket for `user` on gateway `index`.
     pub async fn socket(&self, index: usize, user: Uuid) -> Client {
-        Client::connect(
-            &self.gateway(index).url(),
-            json!({ "token": token_for(user, TEST_JWT_SECRET) }),
-        )
-        .await
-        .expect("socket connects")
-    }
-
-    /// Waits until the message `id` is in Postgres.
-    pub async fn persisted(&self, conversation: Uuid, id: Uuid) {
-        let store = self.db.store();
-        parley_test_support::eventually("the message to be persisted", Duration::from_secs(30), || async {
-            store.message(conversation, id).await.ok().flatten().map(|_| ())
-        })
-        .await;
+        stack::connect(self.gateway(index), user).await
     }
 }
 
 pub fn token(user: Uuid) -> String {
-    token_for(user, TEST_JWT_SECRET)
+    parley_test_support::token_for(user, parley_test_support::TEST_JWT_SECRET)
 }
 
 /// Emits `event` with `data` and returns the ack.

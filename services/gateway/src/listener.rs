@@ -1,0 +1,176 @@
+//! The gateway's TCP listener. Every accepted connection gets `TCP_NODELAY`, and the responses
+//! hyper writes by itself get the contract's error shape.
+//!
+//! hyper answers a request it cannot parse (a malformed request line or header: 400; headers over
+//! its limit: 431; a URI over its limit: 414) before any handler runs, with an empty body, and
+//! offers no hook to change it. Every other refusal of the gateway carries
+//! `{"error": {"code", "message"}}`, so the connection's writer recognises exactly those heads (a
+//! 400, 414 or 431 status line whose whole head declares `content-length: 0`: the gateway's own
+//! refusals always have a body) and writes them with the contract's body instead.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts connections for `axum::serve`.
+pub(crate) struct ShapedListener(pub(crate) TcpListener);
+
+impl axum::serve::Listener for ShapedListener {
+    type Io = ShapedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // Small frames (acks, single messages) leave at once: without TCP_NODELAY, Nagle's
+        // algorithm meeting the client's delayed ACK stalls a reply up to 40 ms.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        (
+            ShapedStream {
+                inner: stream,
+                rewriting: None,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection whose writes pass through unchanged, but for hyper's own error heads.
+pub(crate) struct ShapedStream {
+    inner: TcpStream,
+    /// A rewritten head being written: its bytes, how many are out, and the length of the
+    /// write it replaces (what the caller is told was written).
+    rewriting: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// The head hyper writes for a request it could not parse, rewritten with the contract's body;
+/// `None` for anything else.
+fn reshape(head: &[u8]) -> Option<Vec<u8>> {
+    let message = match head.get(..13)? {
+        b"HTTP/1.1 400 " => "the request is not valid HTTP",
+        b"HTTP/1.1 414 " => "the request URI is too long",
+        b"HTTP/1.1 431 " => "the request headers are too large",
+        _ => return None,
+    };
+    let text = std::str::from_utf8(head).ok()?;
+    let head_only = text.find("\r\n\r\n").is_some_and(|end| end + 4 == text.len());
+    let empty = text
+        .split("\r\n")
+        .any(|line| line.eq_ignore_ascii_case("content-length: 0"));
+    if !(head_only && empty) {
+        return None;
+    }
+    let body = serde_json::json!({ "error": { "code": "invalid_request", "message": message } }).to_string();
+    let mut rewritten = String::with_capacity(text.len() + body.len() + 48);
+    for line in text.trim_end_matches("\r\n").split("\r\n") {
+        if line.eq_ignore_ascii_case("content-length: 0") {
+            rewritten.push_str("content-type: application/json\r\ncontent-length: ");
+            rewritten.push_str(&body.len().to_string());
+        } else {
+            rewritten.push_str(line);
+        }
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("\r\n");
+    rewritten.push_str(&body);
+    Some(rewritten.into_bytes())
+}
+
+impl ShapedStream {
+    /// Writes out the rewritten head; ready with the replaced write's length once all is out.
+    fn poll_rewriting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        while let Some((bytes, written, replaced)) = &mut self.rewriting {
+            if *written == bytes.len() {
+                let replaced = *replaced;
+                self.rewriting = None;
+                return Poll::Ready(Ok(replaced));
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl AsyncRead for ShapedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ShapedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.rewriting.is_none() {
+            match reshape(buf) {
+                Some(rewritten) => this.rewriting = Some((rewritten, 0, buf.len())),
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        this.poll_rewriting(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.rewriting.is_some() || first.is_some_and(|b| reshape(b).is_some()) {
+            return self.poll_write(cx, first.map_or(&[][..], |b| &b[..]));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypers_empty_error_heads_get_the_contract_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let rewritten = String::from_utf8(reshape(head).unwrap()).unwrap();
+        let (head, body) = rewritten.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+
+    #[test]
+    fn everything_else_passes_unchanged() {
+        for write in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}",
+            b"\x81\x05hello",
+        ] {
+            assert!(reshape(write).is_none());
+        }
+    }
+}
