@@ -8,4 +8,4 @@ pub mod model;
 pub mod validation;
 
 pub use error::ErrorCode;
-pub use model::{Conversation, ConversationStatus, LastMessage, Message, Participant, Role};
+pub use model::{Conversation, ConversationStatus, LastMessage, Message, Participant, Role, TranscriptSummary};

@@ -76,6 +76,16 @@ pub struct Conversation {
     pub unread_count: i64,
     #[serde(with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
+    /// The conversation's transcript as of the read: a witness every client holds.
+    pub transcript: TranscriptSummary,
+}
+
+/// A transcript's size (entries chained) and head (`hash(size-1)`, 64 lowercase hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptSummary {
+    pub size: i64,
+    pub head: String,
 }
 
 /// RFC 3339 in UTC with millisecond precision and a `Z`, the one time format on the wire.

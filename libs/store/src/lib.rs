@@ -3,6 +3,7 @@
 //! history). Queries are compile-checked against `migrations/` (see `.sqlx/`).
 
 mod reads;
+mod transcripts;
 mod writes;
 
 use std::time::Duration;
@@ -11,7 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, migrate::Migrator};
 
 pub use reads::{ConversationAccess, HistoryPage, HistoryQuery};
-pub use writes::{BatchWritten, ClosedOutcome, MessageRow, ReadMarkRow, messages_copy_text};
+pub use transcripts::{CheckReport, StoredEntry, StoredKind, TranscriptHeader};
+pub use writes::{BatchWritten, ChainHead, ClosedOutcome, Heads, Link, MessageRow, ReadMarkRow, messages_copy_text};
 
 /// The schema, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");

@@ -102,7 +102,7 @@ impl Store {
             r#"SELECT c.id, c.project_id, c.project_title, c.status, c.updated_at,
                       c.last_message_id, c.last_message_seq, c.last_message_sender,
                       c.last_message_preview, c.last_message_at,
-                      me.unread_count,
+                      me.unread_count, c.transcript_size, c.transcript_head,
                       p.user_id AS participant_id, p.role, p.display_name, p.last_read_seq
                  FROM participants me
                  JOIN conversations c ON c.id = me.conversation_id
@@ -151,6 +151,7 @@ impl Store {
                 last_message,
                 unread_count: r.unread_count,
                 updated_at: r.updated_at,
+                transcript: parley_transcript::summary(r.transcript_size, r.transcript_head.as_deref()),
             });
         }
         Ok(conversations)

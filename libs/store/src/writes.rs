@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use parley_domain::ids::conversation_id_for_project;
 use parley_domain::validation::PREVIEW_CHARS;
 use parley_events::{MessagePosted, ProjectClosed, ProjectStarted};
+use parley_transcript::{Entry, GENESIS, Hash};
 use sqlx::{Acquire as _, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -54,15 +55,29 @@ impl Store {
     /// Returns whether it was created now.
     pub async fn apply_project_started(&self, event: &ProjectStarted) -> Result<bool, StoreError> {
         let conversation_id = conversation_id_for_project(event.project_id);
+        // Entry 0 of the transcript, chained with the row that creates the conversation.
+        let started = Entry::Started {
+            conversation_id,
+            project_id: event.project_id,
+            project_title: &event.title,
+            client_id: event.client.id,
+            client_name: &event.client.display_name,
+            provider_id: event.provider.id,
+            provider_name: &event.provider.display_name,
+            at: event.started_at,
+        }
+        .hash(&GENESIS);
         let mut tx = self.pool.begin().await?;
         let created = sqlx::query!(
-            r#"INSERT INTO conversations (id, project_id, project_title, status, started_at, updated_at)
-               VALUES ($1, $2, $3, 'active', $4, $4)
+            r#"INSERT INTO conversations (id, project_id, project_title, status, started_at, updated_at,
+                                          transcript_size, transcript_head)
+               VALUES ($1, $2, $3, 'active', $4, $4, 1, $5)
                ON CONFLICT DO NOTHING"#,
             conversation_id,
             event.project_id,
             event.title,
             event.started_at,
+            &started[..],
         )
         .execute(&mut *tx)
         .await?
@@ -83,34 +98,63 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            sqlx::query!(
+                "INSERT INTO transcript_entries (conversation_id, n, kind, hash) VALUES ($1, 0, 'started', $2)",
+                conversation_id,
+                &started[..],
+            )
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(created)
     }
 
-    /// Turns the project's conversation read-only.
+    /// Turns the project's conversation read-only, and chains its `closed` entry in the same
+    /// transaction (the row's lock orders it among the conversation's other appends).
     pub async fn apply_project_closed(&self, event: &ProjectClosed) -> Result<ClosedOutcome, StoreError> {
         let conversation_id = conversation_id_for_project(event.project_id);
-        let status = sqlx::query_scalar!(
-            r#"WITH closing AS (
-                   UPDATE conversations
-                      SET status = 'closed', closed_at = $2, updated_at = GREATEST(updated_at, $2)
-                    WHERE id = $1 AND status = 'active'
-                   RETURNING 1
-               )
-               SELECT CASE WHEN EXISTS (SELECT 1 FROM closing) THEN 'closed'
-                           WHEN EXISTS (SELECT 1 FROM conversations WHERE id = $1) THEN 'already'
-                           ELSE 'unknown' END AS "outcome!""#,
+        let mut tx = self.pool.begin().await?;
+        let closing = sqlx::query!(
+            r#"UPDATE conversations
+                  SET status = 'closed', closed_at = $2, updated_at = GREATEST(updated_at, $2)
+                WHERE id = $1 AND status = 'active'
+            RETURNING transcript_size, transcript_head"#,
             conversation_id,
             event.closed_at,
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(match status.as_str() {
-            "closed" => ClosedOutcome::Closed,
-            "already" => ClosedOutcome::AlreadyClosed,
-            _ => ClosedOutcome::UnknownProject,
-        })
+        let Some(closing) = closing else {
+            let exists = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1) AS "exists!""#,
+                conversation_id,
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok(if exists {
+                ClosedOutcome::AlreadyClosed
+            } else {
+                ClosedOutcome::UnknownProject
+            });
+        };
+        let mut heads = Heads::default();
+        heads.0.insert(
+            conversation_id,
+            ChainHead::stored(closing.transcript_size, closing.transcript_head.as_deref()),
+        );
+        let link = heads.append(conversation_id, &Entry::Closed { at: event.closed_at });
+        sqlx::query!(
+            "INSERT INTO transcript_entries (conversation_id, n, kind, hash) VALUES ($1, $2, 'closed', $3)",
+            conversation_id,
+            link.n,
+            &link.hash[..],
+        )
+        .execute(&mut *tx)
+        .await?;
+        heads.save(&mut tx).await?;
+        tx.commit().await?;
+        Ok(ClosedOutcome::Closed)
     }
 
     /// The participants of each of `conversation_ids` that exists, as (conversation, user) pairs.
@@ -135,8 +179,14 @@ impl Store {
         before_commit: impl std::future::Future<Output = ()>,
     ) -> Result<BatchWritten, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = insert_messages_in(&mut tx, rows).await?;
-        let moved = apply_read_marks_on(&mut tx, reads).await?;
+        let conversations = rows
+            .iter()
+            .map(|r| r.conversation_id)
+            .chain(reads.iter().map(|r| r.conversation_id));
+        let mut heads = Heads::lock(&mut tx, conversations).await?;
+        let inserted = insert_messages_in(&mut tx, rows, &mut heads).await?;
+        let moved = apply_read_marks_on(&mut tx, reads, &mut heads).await?;
+        heads.save(&mut tx).await?;
         before_commit.await;
         tx.commit().await?;
         Ok(BatchWritten { inserted, moved })
@@ -146,19 +196,15 @@ impl Store {
     /// sequence) does nothing, and each conversation's last message moves only forward, to the
     /// highest sequence actually inserted. Returns how many rows were new.
     pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = insert_messages_in(&mut tx, rows).await?;
-        tx.commit().await?;
-        Ok(inserted)
+        let written = self.write_batch(rows, &[], std::future::ready(())).await?;
+        Ok(written.inserted)
     }
 
     /// Moves read marks forward only, in one transaction, recounting the unread messages of
     /// those whose mark moved. Returns how many marks actually moved.
     pub async fn apply_read_marks(&self, rows: &[ReadMarkRow]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let moved = apply_read_marks_on(&mut tx, rows).await?;
-        tx.commit().await?;
-        Ok(moved)
+        let written = self.write_batch(&[], rows, std::future::ready(())).await?;
+        Ok(written.moved)
     }
 }
 
@@ -175,46 +221,95 @@ pub struct BatchWritten {
 /// Postgres a fraction of an `INSERT … ON CONFLICT` (no speculative insertion, no returned rows).
 /// A batch holding a row already there (a redelivery after a crash or a lost ack) fails that
 /// `COPY` on a unique index, rolls back to a savepoint, and is written idempotently instead.
-async fn insert_messages_in(tx: &mut Transaction<'_, Postgres>, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+///
+/// Either way each row is chained as it is stored: the rows are linked onto the locked heads
+/// assuming all are new, and the `COPY` carries each row's place and hash. If the `COPY` fails,
+/// nothing of that attempt is kept (the savepoint, and the heads as they were), and the fallback
+/// links only the rows it stores.
+async fn insert_messages_in(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[MessageRow],
+    heads: &mut Heads,
+) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
     let mut attempt = tx.begin().await?;
-    match copy_new_messages(&mut attempt, rows).await {
+    let mut linked = heads.clone();
+    let links = linked.link_messages(rows);
+    match copy_new_messages(&mut attempt, rows, &links).await {
         Ok(inserted) => {
             attempt.commit().await?;
+            *heads = linked;
             Ok(inserted)
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             attempt.rollback().await?;
-            insert_messages_idempotently(tx, rows).await
+            insert_messages_idempotently(tx, rows, heads).await
         }
         Err(e) => Err(e),
     }
 }
 
 /// `COPY`s rows that must all be new, then moves each conversation's last message forward.
-async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow], links: &[Link]) -> Result<u64, sqlx::Error> {
     let mut copy = conn
-        .copy_in_raw("COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN")
+        .copy_in_raw(
+            "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash) \
+             FROM STDIN",
+        )
         .await?;
-    copy.send(messages_copy_text(rows)).await?;
+    copy.send(messages_copy_text(rows, links)).await?;
     let inserted = copy.finish().await?;
     move_last_messages(conn, rows).await?;
     add_unread(conn, rows).await?;
     Ok(inserted)
 }
 
-/// The same write for a batch that may hold rows already there: each conflict does nothing, and
-/// only the rows actually inserted move a conversation's last message.
-async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<u64, sqlx::Error> {
+/// The same write for a batch that may hold rows already there. The conversations' rows are
+/// locked (see [`Heads::lock`]), so every other transaction that stored a message in them has
+/// committed or rolled back: which rows are already there is known before inserting, and only
+/// the others are linked and stored. A conflict the look-up could not see (a message id reused
+/// in a conversation this batch does not lock) fails the batch, which is then retried, rather
+/// than chaining a row that was not stored.
+async fn insert_messages_idempotently(
+    conn: &mut PgConnection,
+    rows: &[MessageRow],
+    heads: &mut Heads,
+) -> Result<u64, sqlx::Error> {
     let columns = MessageColumns::of(rows);
-    let client_ids: Vec<Option<String>> = rows.iter().map(|r| r.client_msg_id.clone()).collect();
-    let inserted: HashSet<Uuid> = sqlx::query_scalar!(
-        r#"INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
-           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
-           ON CONFLICT DO NOTHING
-           RETURNING id"#,
+    let stored: HashSet<Uuid> = sqlx::query_scalar!(
+        r#"SELECT r.id AS "id!"
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[]) AS r(id, conversation_id, seq)
+            WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = r.id)
+               OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = r.conversation_id AND m.seq = r.seq)"#,
+        &columns.ids,
+        &columns.conversations,
+        &columns.seqs,
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    // A row repeated within the batch (by id, or by place in the stream) is stored once.
+    let mut seen = HashSet::new();
+    let new_rows: Vec<MessageRow> = rows
+        .iter()
+        .filter(|row| !stored.contains(&row.id) && seen.insert(row.id) && seen.insert(row_place(row)))
+        .cloned()
+        .collect();
+    if new_rows.is_empty() {
+        return Ok(0);
+    }
+    let links = heads.link_messages(&new_rows);
+    let columns = MessageColumns::of(&new_rows);
+    let client_ids: Vec<Option<String>> = new_rows.iter().map(|r| r.client_msg_id.clone()).collect();
+    let chain_n: Vec<i64> = links.iter().map(|link| link.n).collect();
+    let chain_hash: Vec<Vec<u8>> = links.iter().map(|link| link.hash.to_vec()).collect();
+    let inserted = sqlx::query!(
+        r#"INSERT INTO messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash)
+           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::text[],
+                                $7::timestamptz[], $8::int8[], $9::bytea[])"#,
         &columns.ids,
         &columns.conversations,
         &columns.seqs,
@@ -222,16 +317,27 @@ async fn insert_messages_idempotently(conn: &mut PgConnection, rows: &[MessageRo
         &columns.bodies as &[&str],
         &client_ids as &[Option<String>],
         &columns.created,
+        &chain_n,
+        &chain_hash,
     )
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await?
-    .into_iter()
-    .collect();
-    let new_rows: Vec<&MessageRow> = rows.iter().filter(|row| inserted.contains(&row.id)).collect();
-    move_last_messages(conn, new_rows.iter().copied()).await?;
-    add_unread(conn, new_rows).await?;
-    Ok(inserted.len() as u64)
+    .rows_affected();
+    move_last_messages(conn, &new_rows).await?;
+    add_unread(conn, &new_rows).await?;
+    Ok(inserted)
 }
+
+/// A stand-in id for a row's place `(conversation, seq)`, so that one set catches a repeat of
+/// either key (a v5 uuid cannot collide with the v4/v7/v5-of-other-names message ids).
+fn row_place(row: &MessageRow) -> Uuid {
+    let mut name = [0u8; 24];
+    name[..16].copy_from_slice(row.conversation_id.as_bytes());
+    name[16..].copy_from_slice(&row.seq.to_be_bytes());
+    Uuid::new_v5(&PLACE_NAMESPACE, &name)
+}
+
+const PLACE_NAMESPACE: Uuid = Uuid::from_u128(0x7061_726c_6579_2d70_6c61_6365_0000_0001);
 
 /// Moves each conversation's last message forward to the latest of `rows`, never back.
 async fn move_last_messages<'a>(
@@ -349,8 +455,14 @@ pub struct ReadMarkRow {
 }
 
 /// Moves read marks forward only, in one statement for the whole batch, and recounts the unread
-/// messages of the participants whose mark moved. Returns how many marks actually moved.
-async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> Result<u64, sqlx::Error> {
+/// messages of the participants whose mark moved. Each mark that moved is chained as a `read`
+/// entry (its new seq and time); one that did not move appends nothing. Returns how many marks
+/// actually moved.
+async fn apply_read_marks_on(
+    conn: &mut PgConnection,
+    rows: &[ReadMarkRow],
+    heads: &mut Heads,
+) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -367,7 +479,7 @@ async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> R
                         ORDER BY conversation_id, user_id, seq DESC) v
                 WHERE p.conversation_id = v.conversation_id AND p.user_id = v.user_id
                   AND p.last_read_seq < v.seq
-            RETURNING p.conversation_id, p.user_id"#,
+            RETURNING p.conversation_id, p.user_id, p.last_read_seq, p.read_at AS "read_at!""#,
         &conversations,
         &users,
         &seqs,
@@ -378,6 +490,39 @@ async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> R
     if moved.is_empty() {
         return Ok(0);
     }
+    let mut moved = moved;
+    moved.sort_unstable_by_key(|r| (r.conversation_id, r.last_read_seq, r.user_id));
+    let mut entries = ReadEntryColumns::default();
+    for r in &moved {
+        let link = heads.append(
+            r.conversation_id,
+            &Entry::Read {
+                user_id: r.user_id,
+                seq: r.last_read_seq,
+                at: r.read_at,
+            },
+        );
+        entries.conversations.push(r.conversation_id);
+        entries.n.push(link.n);
+        entries.users.push(r.user_id);
+        entries.seqs.push(r.last_read_seq);
+        entries.at.push(r.read_at);
+        entries.hashes.push(link.hash.to_vec());
+    }
+    sqlx::query!(
+        r#"INSERT INTO transcript_entries (conversation_id, n, kind, user_id, seq, at, hash)
+           SELECT conversation_id, n, 'read', user_id, seq, at, hash
+             FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::int8[], $5::timestamptz[], $6::bytea[])
+                  AS e(conversation_id, n, user_id, seq, at, hash)"#,
+        &entries.conversations,
+        &entries.n,
+        &entries.users,
+        &entries.seqs,
+        &entries.at,
+        &entries.hashes,
+    )
+    .execute(&mut *conn)
+    .await?;
     // A statement of its own, after the one that locked the rows: its snapshot includes every
     // message whose transaction added to these counts before (see the migration).
     let conversations: Vec<Uuid> = moved.iter().map(|r| r.conversation_id).collect();
@@ -398,13 +543,143 @@ async fn apply_read_marks_on(conn: &mut PgConnection, rows: &[ReadMarkRow]) -> R
     Ok(moved.len() as u64)
 }
 
+/// A message's (or any entry's) place in its conversation's chain, and its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub n: i64,
+    pub hash: Hash,
+}
+
+/// A conversation's chain as a transaction found it, and whether the transaction appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChainHead {
+    /// Entries chained: the next entry's `n`.
+    pub size: i64,
+    /// `hash(size-1)`; [`GENESIS`] when empty.
+    pub hash: Hash,
+    changed: bool,
+}
+
+impl ChainHead {
+    /// From the conversation row's `transcript_size` and `transcript_head`.
+    pub fn stored(size: i64, head: Option<&[u8]>) -> Self {
+        Self {
+            size,
+            hash: head.and_then(parley_transcript::from_bytes).unwrap_or(GENESIS),
+            changed: false,
+        }
+    }
+}
+
+/// The heads of the conversations one transaction appends to. [`Heads::lock`] reads them with
+/// their rows locked; entries are linked onto them in memory; [`Heads::save`] stores those that
+/// moved, in the same transaction as the entries' rows.
+#[derive(Debug, Clone, Default)]
+pub struct Heads(pub HashMap<Uuid, ChainHead>);
+
+impl Heads {
+    /// Locks the conversations' rows, in id order (so two transactions locking overlapping sets
+    /// never wait on each other in a cycle), and reads their heads. Every later statement of the
+    /// transaction that touches these conversations runs under these locks.
+    async fn lock(conn: &mut PgConnection, conversations: impl Iterator<Item = Uuid>) -> Result<Self, sqlx::Error> {
+        let mut ids: Vec<Uuid> = conversations.collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Self::default());
+        }
+        let rows = sqlx::query!(
+            r#"SELECT id, transcript_size, transcript_head FROM conversations
+                WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
+            &ids,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Self(
+            rows.into_iter()
+                .map(|r| (r.id, ChainHead::stored(r.transcript_size, r.transcript_head.as_deref())))
+                .collect(),
+        ))
+    }
+
+    /// Chains `entry` onto its conversation's head.
+    fn append(&mut self, conversation_id: Uuid, entry: &Entry<'_>) -> Link {
+        let head = self.0.entry(conversation_id).or_default();
+        let link = Link {
+            n: head.size,
+            hash: entry.hash(&head.hash),
+        };
+        head.size += 1;
+        head.hash = link.hash;
+        head.changed = true;
+        link
+    }
+
+    /// Chains messages, in the order given (the batch's, ascending by seq).
+    pub fn link_messages(&mut self, rows: &[MessageRow]) -> Vec<Link> {
+        rows.iter()
+            .map(|row| {
+                self.append(
+                    row.conversation_id,
+                    &Entry::Message {
+                        seq: row.seq,
+                        id: row.id,
+                        sender_id: row.sender_id,
+                        body: &row.body,
+                        created_at: row.created_at,
+                        client_msg_id: row.client_msg_id.as_deref(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Stores the heads that moved. A conversation that was not locked (it does not exist) has
+    /// no row to update: its entries' inserts already failed on their foreign key.
+    async fn save(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let (mut ids, mut sizes, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, head) in self.0.iter().filter(|(_, head)| head.changed) {
+            ids.push(*id);
+            sizes.push(head.size);
+            hashes.push(head.hash.to_vec());
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"UPDATE conversations c
+                  SET transcript_size = h.size, transcript_head = h.head
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::bytea[]) AS h(id, size, head)
+                WHERE c.id = h.id"#,
+            &ids,
+            &sizes,
+            &hashes,
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The `read` entries of one batch, one array per column.
+#[derive(Default)]
+struct ReadEntryColumns {
+    conversations: Vec<Uuid>,
+    n: Vec<i64>,
+    users: Vec<Uuid>,
+    seqs: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    hashes: Vec<Vec<u8>>,
+}
+
 /// The rows in `COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id,
-/// created_at) FROM STDIN`'s text format: tab-separated columns, `\N` for null, and backslash, tab,
-/// newline and carriage return escaped in text. Times keep microseconds, Postgres's precision,
-/// truncated as the binary encoding of the `INSERT` path truncates them.
-pub fn messages_copy_text(rows: &[MessageRow]) -> Vec<u8> {
-    let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 160).sum());
-    for row in rows {
+/// created_at, chain_n, chain_hash) FROM STDIN`'s text format, each row with its link (`links`
+/// in the rows' order): tab-separated columns, `\N` for null, and backslash, tab, newline and
+/// carriage return escaped in text. Times keep microseconds, Postgres's precision, truncated as
+/// the binary encoding of the `INSERT` path truncates them.
+pub fn messages_copy_text(rows: &[MessageRow], links: &[Link]) -> Vec<u8> {
+    let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 240).sum());
+    for (row, link) in rows.iter().zip(links) {
         let _ = write!(
             out,
             "{}\t{}\t{}\t{}\t",
@@ -418,7 +693,8 @@ pub fn messages_copy_text(rows: &[MessageRow]) -> Vec<u8> {
         }
         out.push('\t');
         out.push_str(&row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
-        out.push('\n');
+        // bytea's hex input, `\x…`, with its backslash escaped for COPY.
+        let _ = writeln!(out, "\t{}\t\\\\x{}", link.n, parley_transcript::hex(&link.hash));
     }
     out.into_bytes()
 }
@@ -452,11 +728,15 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         };
-        let text = String::from_utf8(messages_copy_text(&[row])).unwrap();
+        let link = Link { n: 3, hash: [0xAB; 32] };
+        let text = String::from_utf8(messages_copy_text(&[row], &[link])).unwrap();
         let nil = Uuid::nil();
+        let hash = "ab".repeat(32);
         assert_eq!(
             text,
-            format!("{nil}\t{nil}\t7\t{nil}\ta\\\\b\\tc\\nd\\re \\\\N\t\\N\t2026-11-25T04:05:06.123456Z\n")
+            format!(
+                "{nil}\t{nil}\t7\t{nil}\ta\\\\b\\tc\\nd\\re \\\\N\t\\N\t2026-11-25T04:05:06.123456Z\t3\t\\\\x{hash}\n"
+            )
         );
     }
 }

@@ -25,7 +25,7 @@ use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parley_events::{MessagePosted, subjects};
-use parley_store::{MessageRow, messages_copy_text};
+use parley_store::{Heads, MessageRow, messages_copy_text};
 use parley_test_support::smtp::free_port;
 use parley_test_support::{ProjectFixture, TestDatabase};
 use serde_json::json;
@@ -116,7 +116,9 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let mut copy_conn = PgConnection::connect(&copy_db.url).await?;
     let (copy_first, copy_second) = published.split_at(n / 2);
     let naive_first = naive.drain(naive_n / 2, timeout).await?;
-    let copy_first = copy_rows(&mut copy_conn, copy_first).await?;
+    // Both halves continue one chain per conversation, as the worker's batches do.
+    let mut copy_heads = Heads::default();
+    let copy_first = copy_rows(&mut copy_conn, copy_first, &mut copy_heads).await?;
 
     // (a) The real worker drains the backlog. Progress is polled on the conversation rows (the
     // worker moves each one's last message forward in the same statement as its inserts), and
@@ -218,7 +220,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     conn.close().await.ok();
 
     // (c) COPY's second half, then its rows.
-    let copy_second = copy_rows(&mut copy_conn, copy_second).await?;
+    let copy_second = copy_rows(&mut copy_conn, copy_second, &mut copy_heads).await?;
     let copy_time = copy_first.elapsed + copy_second.elapsed;
     let copy_bytes = copy_first.bytes + copy_second.bytes;
     check_rows(&mut copy_conn, &expected, "COPY").await?;
@@ -466,15 +468,21 @@ struct Copied {
 
 /// `COPY messages FROM STDIN` of `rows` (the worker's own text encoding, sent in 1 MiB chunks),
 /// timed from the statement to its commit; the text is prepared before.
-async fn copy_rows(conn: &mut PgConnection, rows: &[Published]) -> anyhow::Result<Copied> {
+async fn copy_rows(conn: &mut PgConnection, rows: &[Published], heads: &mut Heads) -> anyhow::Result<Copied> {
     let rows: Vec<MessageRow> = rows
         .iter()
         .map(|p| MessageRow::from_event(p.event.clone(), p.seq))
         .collect();
-    let data = messages_copy_text(&rows);
+    // The rows as the worker stores them: each with its place in its conversation's transcript
+    // and its hash (computed beforehand, like the text).
+    let links = heads.link_messages(&rows);
+    let data = messages_copy_text(&rows, &links);
     let started = Instant::now();
     let mut copy = conn
-        .copy_in_raw("COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at) FROM STDIN")
+        .copy_in_raw(
+            "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash) \
+             FROM STDIN",
+        )
         .await?;
     for chunk in data.chunks(1 << 20) {
         copy.send(chunk).await?;
