@@ -218,6 +218,8 @@ class Child {
 // The stack
 
 const TOKEN_SECRET = `parley-js-test-secret-${randomBytes(12).toString("hex")}`;
+/** The gateway's `PARLEY_TRANSCRIPT_KEY`: base64 of a random 32-byte Ed25519 seed. */
+const TRANSCRIPT_KEY = randomBytes(32).toString("base64");
 
 /**
  * Starts nats-server, a fresh database, the persistence worker and the gateway; resolves once
@@ -242,6 +244,7 @@ class Stack {
     this.children = [];
     this.sockets = new Set();
     this.secret = TOKEN_SECRET;
+    this.transcriptKey = TRANSCRIPT_KEY;
     this.dbName = `parley_js_${randomBytes(6).toString("hex")}`;
     this.dbCreated = false;
     this.tmpDir = null;
@@ -287,6 +290,7 @@ class Stack {
     this.spawnChild("gateway", binary("parley-gateway"), [], {
       ...common,
       PARLEY_JWT_SECRET: this.secret,
+      PARLEY_TRANSCRIPT_KEY: this.transcriptKey,
       PARLEY_LISTEN: `127.0.0.1:${httpPort}`,
       ...this.gatewayEnv,
     });

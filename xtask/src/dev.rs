@@ -7,6 +7,7 @@
 //! Environment (all optional): `PARLEY_PG_PORT` (5432), `PARLEY_NATS_PORT` (4222),
 //! `PARLEY_HTTP_PORT` (8080) — a default that is taken becomes a free port, an explicit one must
 //! be free; `PARLEY_JWT_SECRET` (default: a random one kept in `.parley/dev/jwt-secret`);
+//! `PARLEY_TRANSCRIPT_KEY` (default: a random seed kept in `.parley/dev/transcript-key`);
 //! `RUST_LOG` (info).
 
 use std::io::Write;
@@ -131,6 +132,7 @@ pub async fn run(ctx: &Ctx, signals: &Signals) -> anyhow::Result<u8> {
     }
 
     let secret = jwt_secret(&dev)?;
+    let transcript_key = transcript_key(&dev)?;
 
     eprintln!("\n========== cargo build --bins ==========");
     let mut build = ctx.cargo();
@@ -161,6 +163,7 @@ pub async fn run(ctx: &Ctx, signals: &Signals) -> anyhow::Result<u8> {
             .env("DATABASE_URL", &database_url)
             .env("PARLEY_LISTEN", &listen)
             .env("PARLEY_JWT_SECRET", &secret)
+            .env("PARLEY_TRANSCRIPT_KEY", &transcript_key)
             .env("RUST_LOG", &rust_log)
             .log_file(&log_file)
             .own_process_group()
@@ -479,6 +482,40 @@ fn jwt_secret(dev: &Path) -> anyhow::Result<String> {
     write_private(&file, &format!("{secret}\n"))?;
     log(format!("generated a dev JWT secret in {}", file.display()));
     Ok(secret)
+}
+
+/// The transcript signing seed (`PARLEY_TRANSCRIPT_KEY`): from the environment, else a random
+/// one generated once in `transcript-key` (base64, standard and padded, of 32 bytes).
+fn transcript_key(dev: &Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("PARLEY_TRANSCRIPT_KEY")
+        && !key.is_empty()
+    {
+        return Ok(key);
+    }
+    let file = dev.join("transcript-key");
+    if let Ok(key) = std::fs::read_to_string(&file) {
+        let key = key.trim_end_matches('\n').to_owned();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let mut seed = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
+    // Standard padded base64 is base64url with two letters swapped and `=` to a multiple of 4.
+    let mut key: String = base64url(&seed)
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !key.len().is_multiple_of(4) {
+        key.push('=');
+    }
+    write_private(&file, &format!("{key}\n"))?;
+    log(format!("generated a dev transcript signing key in {}", file.display()));
+    Ok(key)
 }
 
 /// Unpadded base64url, as Python's `secrets.token_urlsafe` prints it.

@@ -39,6 +39,10 @@ use crate::{
 };
 
 /// How long a service may take to answer `/readyz` with 200.
+/// The transcript signing seed every test gateway runs with (`PARLEY_TRANSCRIPT_KEY`): base64
+/// of 32 bytes 0x01..=0x20, fixed so that a test can name the public key it expects.
+pub const TEST_TRANSCRIPT_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long [`Service::stop`] waits for a graceful stop before it kills.
@@ -49,7 +53,7 @@ const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings a developer's shell may hold that would change what a binary under test does; every
 /// binary starts without them, and gets only what its [`Spec`] says.
-const AMBIENT_SETTINGS: [&str; 9] = [
+const AMBIENT_SETTINGS: [&str; 10] = [
     "PARLEY_STREAM_REPLICAS",
     "PARLEY_DB_POOL_SIZE",
     "PARLEY_BATCH_SIZE",
@@ -59,6 +63,7 @@ const AMBIENT_SETTINGS: [&str; 9] = [
     "PARLEY_LISTEN",
     "PARLEY_ADMIN_LISTEN",
     "PARLEY_JWT_SECRET",
+    "PARLEY_TRANSCRIPT_RETIRED_KEYS",
 ];
 
 /// Which service.
@@ -490,6 +495,8 @@ impl Service {
                     stream_replicas: 1,
                     db_pool_size: 8,
                     limits: self.spec.limits,
+                    transcript_keys: parley_transcript::keys::TranscriptKeys::parse(TEST_TRANSCRIPT_KEY, None)
+                        .expect("the test transcript key parses"),
                 };
                 let app = parley_gateway::Application::build(config)
                     .await
@@ -555,6 +562,7 @@ impl Service {
                 builder
                     .env("DATABASE_URL", self.endpoints.database_url(kind))
                     .env("PARLEY_JWT_SECRET", TEST_JWT_SECRET)
+                    .env("PARLEY_TRANSCRIPT_KEY", TEST_TRANSCRIPT_KEY)
                     .env("PARLEY_LISTEN", addr.to_string())
                     .env("PARLEY_SEND_RATE", limits.send_rate.to_string())
                     .env("PARLEY_SEND_BURST", limits.send_burst.to_string())

@@ -12,10 +12,10 @@ pub fn opening(conversation_id: Uuid) -> Vec<u8> {
     format!(r#"{{"format":"{FORMAT}","conversationId":"{conversation_id}","entries":["#).into_bytes()
 }
 
-/// One entry's object, preceded by a comma unless it is entry 0.
-pub fn entry(n: i64, entry: &Entry<'_>, hash: &Hash) -> Vec<u8> {
+/// One entry's object, preceded by a comma unless it is the export's first.
+pub fn entry(n: i64, entry: &Entry<'_>, hash: &Hash, first: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    if n > 0 {
+    if !first {
         out.push(b',');
     }
     out.extend_from_slice(format!(r#"{{"n":{n},"kind":"{}""#, entry.kind()).as_bytes());
@@ -64,8 +64,8 @@ mod tests {
         };
         let keys = crate::keys::TranscriptKeys::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", None).unwrap();
         let mut out = opening(Uuid::nil());
-        out.extend(entry(0, &Entry::Closed { at }, &[1; 32]));
-        out.extend(entry(1, &message, &[2; 32]));
+        out.extend(entry(0, &Entry::Closed { at }, &[1; 32], true));
+        out.extend(entry(1, &message, &[2; 32], false));
         out.extend(closing(&keys.sign(Uuid::nil(), 2, &[2; 32])));
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["entries"][1]["body"], "quote \" and\nnewline");

@@ -230,7 +230,7 @@ mod tests {
         let mut head = GENESIS;
         for (n, entry) in entries.iter().enumerate() {
             head = entry.hash(&head);
-            out.extend(crate::export::entry(n as i64, entry, &head));
+            out.extend(crate::export::entry(n as i64, entry, &head, n == 0));
         }
         out.extend(crate::export::closing(&keys.sign(conversation, 3, &head)));
         (serde_json::from_slice(&out).unwrap(), keys)

@@ -11,6 +11,10 @@ use parley_test_support::{NatsServer, TEST_JWT_SECRET, TestDatabase};
 
 use crate::Context;
 
+/// The bench gateways' transcript signing seed (`PARLEY_TRANSCRIPT_KEY`, base64 of 32 bytes):
+/// the bench signs nothing it keeps, but a gateway refuses to start without one.
+const TRANSCRIPT_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
 /// A child process, killed on drop.
 pub struct Process {
     pub child: Child,
@@ -82,6 +86,7 @@ impl Infra {
             ("NATS_URL", self.nats.url()),
             ("DATABASE_URL", self.db.url.clone()),
             ("PARLEY_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
+            ("PARLEY_TRANSCRIPT_KEY", TRANSCRIPT_KEY.to_owned()),
             ("PARLEY_LISTEN", addr.to_string()),
             // The bench measures what the processes can carry, not what one user is allowed:
             // every limit is off (the report says so).

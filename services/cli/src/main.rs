@@ -1,15 +1,18 @@
 //! `parley`: the operator's command line. Shows stream and consumer status with lag, lists and
 //! re-drives dead letters, publishes project lifecycle events the way the marketplace does and
-//! mints development tokens (only with a secret given explicitly).
+//! mints development tokens (only with a secret given explicitly), generates transcript signing
+//! keys, and exports, verifies and checks transcripts.
 //!
 //! Each command lives in its own module; this file only parses and dispatches.
 
 mod deadletters;
+mod keys;
 mod nats;
 mod output;
 mod project;
 mod status;
 mod token;
+mod transcript;
 
 use std::process::ExitCode;
 
@@ -51,6 +54,16 @@ enum Command {
         #[command(subcommand)]
         action: deadletters::DeadlettersCommand,
     },
+    /// Transcript signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysCommand,
+    },
+    /// Verifiable transcripts: export one, verify an export offline, check stored chains.
+    Transcript {
+        #[command(subcommand)]
+        action: transcript::TranscriptCommand,
+    },
 }
 
 #[tokio::main]
@@ -70,5 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { action } => token::run(action),
         Command::Status(args) => status::run(args).await,
         Command::Deadletters { action } => deadletters::run(action).await,
+        Command::Keys { action } => keys::run(action),
+        Command::Transcript { action } => transcript::run(action).await,
     }
 }

@@ -371,6 +371,18 @@ pub(crate) struct SendReply {
     pub(crate) message: Message,
 }
 
+/// `GET /v1/conversations/{id}/checkpoint`.
+#[derive(Serialize)]
+pub(crate) struct CheckpointReply {
+    pub(crate) checkpoint: parley_transcript::keys::Checkpoint,
+}
+
+/// `GET /v1/transcript-keys`.
+#[derive(Serialize)]
+pub(crate) struct TranscriptKeysReply {
+    pub(crate) keys: Vec<parley_transcript::keys::ListedKey>,
+}
+
 /// `conversation:list` and `GET /v1/conversations`.
 #[derive(Serialize)]
 pub(crate) struct ListReply {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use parley_service::config::{self, CommonConfig, ConfigError};
+use parley_transcript::keys::TranscriptKeys;
 
 use crate::limits::LimitConfig;
 
@@ -24,6 +25,10 @@ pub struct Config {
     /// `PARLEY_SEND_RATE`, `PARLEY_SEND_BURST`, `PARLEY_EVENT_RATE`,
     /// `PARLEY_MAX_SOCKETS_PER_USER` (the contract's defaults; `0` turns one off).
     pub limits: LimitConfig,
+    /// `PARLEY_TRANSCRIPT_KEY` (required: base64 of the 32-byte Ed25519 seed that signs
+    /// transcript checkpoints) and `PARLEY_TRANSCRIPT_RETIRED_KEYS` (earlier public keys, still
+    /// listed for verifiers).
+    pub transcript_keys: TranscriptKeys,
 }
 
 impl std::fmt::Debug for Config {
@@ -33,6 +38,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("limits", &self.limits)
             .field("jwt_secret", &"<redacted>")
+            .field("transcript_keys", &self.transcript_keys)
             .finish_non_exhaustive()
     }
 }
@@ -57,6 +63,21 @@ impl Config {
                     LimitConfig::DEFAULT.max_sockets_per_user,
                 )?,
             },
+            // Read last: a malformed value above is named first, as before this key existed.
+            transcript_keys: transcript_keys()?,
         })
     }
+}
+
+/// The transcript keys, each variable named when its value cannot be used.
+fn transcript_keys() -> Result<TranscriptKeys, ConfigError> {
+    let seed = config::required("PARLEY_TRANSCRIPT_KEY")?;
+    let retired = config::optional("PARLEY_TRANSCRIPT_RETIRED_KEYS");
+    TranscriptKeys::parse(&seed, retired.as_deref()).map_err(|error| ConfigError {
+        variable: match error {
+            parley_transcript::keys::KeyError::BadSeed => "PARLEY_TRANSCRIPT_KEY",
+            parley_transcript::keys::KeyError::BadPublicKey(_) => "PARLEY_TRANSCRIPT_RETIRED_KEYS",
+        },
+        problem: error.to_string(),
+    })
 }

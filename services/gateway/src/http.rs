@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{
-    HistoryParams, HistoryReply, ListReply, MarkReadPayload, MarkReadReply, Object, SendPayload, SendReply,
-    parse_conversation_id,
+    CheckpointReply, HistoryParams, HistoryReply, ListReply, MarkReadPayload, MarkReadReply, Object, SendPayload,
+    SendReply, TranscriptKeysReply, parse_conversation_id,
 };
 use crate::auth::{Authenticator, UserId};
 use crate::error::ApiError;
@@ -38,6 +38,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}", get(get_conversation))
         .route("/v1/conversations/{id}/messages", get(history).post(send_message))
         .route("/v1/conversations/{id}/read", post(mark_read))
+        .route("/v1/conversations/{id}/transcript", get(transcript))
+        .route("/v1/conversations/{id}/checkpoint", get(checkpoint))
+        .route("/v1/transcript-keys", get(transcript_keys))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route(
@@ -163,6 +166,35 @@ async fn mark_read(
     let (conversation, message) = payload.into_parts(Some(id))?;
     let last_read_seq = state.messaging.mark_read(user, conversation, message).await?;
     Ok(Json(MarkReadReply { last_read_seq }))
+}
+
+/// `GET /v1/conversations/{id}/transcript`: the export, streamed.
+async fn transcript(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_conversation_id(&id)?;
+    let body = state.transcripts.export(user, id).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body))
+}
+
+/// `GET /v1/conversations/{id}/checkpoint`: `{checkpoint}`, signed now.
+async fn checkpoint(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CheckpointReply>, ApiError> {
+    let id = parse_conversation_id(&id)?;
+    let checkpoint = state.transcripts.checkpoint(user, id).await?;
+    Ok(Json(CheckpointReply { checkpoint }))
+}
+
+/// `GET /v1/transcript-keys`: no token needed.
+async fn transcript_keys(State(state): State<AppState>) -> Json<TranscriptKeysReply> {
+    Json(TranscriptKeysReply {
+        keys: state.transcripts.keys(),
+    })
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

@@ -35,6 +35,7 @@ mod rooms;
 mod session;
 mod socket;
 mod subscriptions;
+mod transcripts;
 mod typing;
 mod wire;
 
@@ -83,6 +84,7 @@ pub(crate) struct Services {
     pub(crate) limits: Limits,
     pub(crate) lifetimes: Lifetimes,
     pub(crate) nats: async_nats::Client,
+    pub(crate) transcripts: transcripts::Transcripts,
 }
 
 impl std::ops::Deref for AppState {
@@ -181,6 +183,7 @@ impl Application {
         let limits = Limits::new(config.limits);
         let sweeping = limits.start_sweeping(background_stop.clone());
         let (lifetimes, deadlines) = Lifetimes::new();
+        let transcripts = transcripts::Transcripts::new(store.clone(), config.transcript_keys.clone());
         let state = AppState(Arc::new(Services {
             auth: Authenticator::new(&config.jwt_secret),
             messaging: Messaging::new(store, js, membership, limits.clone()),
@@ -189,6 +192,7 @@ impl Application {
             limits,
             lifetimes,
             nats: nats.clone(),
+            transcripts,
         }));
         let (layer, io) = SocketIo::builder()
             .with_state(state.clone())
