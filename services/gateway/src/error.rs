@@ -27,6 +27,10 @@ pub(crate) enum ApiError {
     /// 413 `invalid_request`: a request body over the gateway's limit, refused unread.
     #[error("request body over {limit} bytes")]
     TooLarge { limit: usize },
+    /// 503 `unavailable`, for a send whose publish may have reached JetStream: the message may or
+    /// may not be stored, and a retry with the same `clientMsgId` settles it.
+    #[error("send outcome unknown: {0}")]
+    OutcomeUnknown(#[source] Cause),
     /// 503 `unavailable`: NATS or Postgres did not answer, or this gateway is draining. `during`
     /// says what the gateway was doing; the cause is logged, not returned.
     #[error("unavailable during {during}: {cause}")]
@@ -44,6 +48,11 @@ impl ApiError {
             during,
             cause: cause.into(),
         }
+    }
+
+    /// An `unavailable` refusal of a send that may have been stored.
+    pub(crate) fn outcome_unknown(cause: impl Into<Cause>) -> Self {
+        ApiError::OutcomeUnknown(cause.into())
     }
 
     /// A closure for `map_err`: `.map_err(ApiError::during("publish"))`.
@@ -68,7 +77,7 @@ impl ApiError {
             ApiError::Refused(refusal) => refusal.code,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::TooLarge { .. } | ApiError::MethodNotAllowed(_) => ErrorCode::InvalidRequest,
-            ApiError::Unavailable { .. } => ErrorCode::Unavailable,
+            ApiError::Unavailable { .. } | ApiError::OutcomeUnknown(_) => ErrorCode::Unavailable,
         }
     }
 
@@ -78,6 +87,10 @@ impl ApiError {
             ApiError::RateLimited { .. } => "too many requests; retry later".into(),
             ApiError::TooLarge { limit } => format!("the request body is over {limit} bytes"),
             ApiError::MethodNotAllowed(method) => format!("this route does not answer {method}"),
+            ApiError::OutcomeUnknown(cause) => {
+                tracing::warn!(%cause, "answering a send whose outcome is unknown");
+                "the send may or may not have been stored; retry it with the same clientMsgId".into()
+            }
             ApiError::Unavailable { during, cause } => {
                 tracing::warn!(during, %cause, "answering unavailable");
                 "service temporarily unavailable, retry later".into()

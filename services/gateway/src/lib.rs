@@ -19,6 +19,7 @@
 mod api;
 mod auth;
 mod config;
+mod connection;
 mod drain;
 mod error;
 mod fanout;
@@ -215,7 +216,11 @@ impl Application {
         let stopping = shutdown.clone();
         let drain = state.messaging.drain().clone();
         let listener = listener::ShapedListener(listener);
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serving = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<connection::ConnectionKill>(),
+        )
+        .with_graceful_shutdown(async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight
             // reach JetStream and answer, then tell clients we are going so they reconnect

@@ -1,5 +1,12 @@
-//! The gateway's TCP listener. Every accepted connection gets `TCP_NODELAY`, and the responses
-//! hyper writes by itself get the contract's error shape.
+//! The gateway's TCP listener. Every accepted connection gets `TCP_NODELAY`, a way to be cut
+//! from above ([`ConnectionKill`]), and the responses hyper writes by itself get the contract's
+//! error shape.
+//!
+//! A socket whose outgoing queue is full must be disconnected (its client then reconnects and
+//! replays from what it really has), but socketioxide's `disconnect` needs a free slot in that
+//! very queue. So every connection carries a kill switch, handed to the request as its connect
+//! info: cutting it ends the connection's reads and writes, hyper and the websocket see the
+//! connection gone, and socketioxide closes the socket as for any dropped client.
 //!
 //! hyper answers a request it cannot parse (a malformed request line or header: 400; headers over
 //! its limit: 431; a URI over its limit: 414) before any handler runs, with an empty body, and
@@ -13,8 +20,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::future::Future as _;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::connection::ConnectionKill;
 
 /// Accepts connections for `axum::serve`.
 pub(crate) struct ShapedListener(pub(crate) TcpListener);
@@ -30,10 +44,13 @@ impl axum::serve::Listener for ShapedListener {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
+        let kill = ConnectionKill::default();
         (
             ShapedStream {
                 inner: stream,
                 rewriting: None,
+                killed: Box::pin(kill.cut_owned()),
+                kill,
             },
             addr,
         )
@@ -44,9 +61,24 @@ impl axum::serve::Listener for ShapedListener {
     }
 }
 
-/// A connection whose writes pass through unchanged, but for hyper's own error heads.
+impl Connected<IncomingStream<'_, ShapedListener>> for ConnectionKill {
+    fn connect_info(stream: IncomingStream<'_, ShapedListener>) -> Self {
+        stream.io().kill.clone()
+    }
+}
+
+fn cut() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection cut by the gateway")
+}
+
+/// A connection whose writes pass through unchanged, but for hyper's own error heads, and that
+/// ends when its [`ConnectionKill`] is cut.
 pub(crate) struct ShapedStream {
     inner: TcpStream,
+    kill: ConnectionKill,
+    /// Resolves once the kill switch is cut; polled with every read, so a read that waits for
+    /// a client that sends nothing is woken by the cut.
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
     /// A rewritten head being written: its bytes, how many are out, and the length of the
     /// write it replaces (what the caller is told was written).
     rewriting: Option<(Vec<u8>, usize, usize)>,
@@ -106,6 +138,9 @@ impl ShapedStream {
 
 impl AsyncRead for ShapedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(cut()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -113,6 +148,9 @@ impl AsyncRead for ShapedStream {
 impl AsyncWrite for ShapedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.kill.is_cut() {
+            return Poll::Ready(Err(cut()));
+        }
         if this.rewriting.is_none() {
             match reshape(buf) {
                 Some(rewritten) => this.rewriting = Some((rewritten, 0, buf.len())),
@@ -127,6 +165,9 @@ impl AsyncWrite for ShapedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.kill.is_cut() {
+            return Poll::Ready(Err(cut()));
+        }
         let first = bufs.iter().find(|b| !b.is_empty());
         if self.rewriting.is_some() || first.is_some_and(|b| reshape(b).is_some()) {
             return self.poll_write(cx, first.map_or(&[][..], |b| &b[..]));

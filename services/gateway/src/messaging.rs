@@ -66,6 +66,9 @@ const MARK_ATTEMPTS: usize = 8;
 const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
 /// A list's read-mark lookups in the stream in flight at once.
 const OWN_MARK_LOOKUPS: usize = 16;
+/// How long a send keeps publishing until JetStream acknowledges it: about a leader election's
+/// length, and within the drain bound of a stopping gateway.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a read of one stored message from the stream may take.
 const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -152,32 +155,66 @@ impl Messaging {
             participants: access.participants,
         };
         let payload = serde_json::to_vec(&event).map_err(ApiError::during("encoding a message"))?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(parley_nats::MSG_ID_HEADER, id.to_string().as_str());
         let publishing = std::time::Instant::now();
-        let ack = self
-            .js
-            .publish_with_headers(
-                subjects::conversation_messages(request.conversation_id),
-                headers,
-                payload.into(),
-            )
-            .await
-            .map_err(ApiError::during("publishing a message"))?
-            .await
-            .map_err(ApiError::during("awaiting a message's ack"))?;
+        let (ack, attempts) = self
+            .publish_until_acknowledged(subjects::conversation_messages(request.conversation_id), id, payload)
+            .await?;
         metrics::histogram!("parley_gateway_publish_ack_seconds").record(publishing.elapsed().as_secs_f64());
         if ack.duplicate {
             let message = self.original_of(ack.sequence).await?;
+            // A duplicate after an attempt of this very send that got no answer is most likely
+            // that attempt, stored: new to the client.
             return Ok(Sent {
                 message,
-                created: false,
+                created: attempts > 1,
             });
         }
         Ok(Sent {
             message: event.into_message(ack.sequence),
             created: true,
         })
+    }
+
+    /// Publishes a message with `Nats-Msg-Id: id` until JetStream acknowledges it, or until
+    /// [`PUBLISH_DEADLINE`]; returns the ack and how many attempts it took. An attempt that got
+    /// no answer (a timeout, a leader election, a reconnect, "duplicate message id is in
+    /// process") may have been stored: only the same id again can tell, and JetStream's
+    /// duplicate window makes the repeat safe. Past the deadline the outcome is unknown, and the
+    /// refusal says so.
+    async fn publish_until_acknowledged(
+        &self,
+        subject: String,
+        id: Uuid,
+        payload: Vec<u8>,
+    ) -> Result<(jetstream::publish::PublishAck, u32), ApiError> {
+        let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+        let payload = bytes::Bytes::from(payload);
+        let msg_id = id.to_string();
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(parley_nats::MSG_ID_HEADER, msg_id.as_str());
+            let attempt = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(ack)) => return Ok((ack, attempts)),
+                Ok(Err(error)) => error,
+                Err(elapsed) => return Err(ApiError::outcome_unknown(elapsed)),
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(ApiError::outcome_unknown(error));
+            }
+            tracing::debug!(%error, attempts, "publish not acknowledged; trying again with the same id");
+            metrics::counter!("parley_gateway_publish_retries_total").increment(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// The first message of a send JetStream found to be a duplicate, read back from the stream.

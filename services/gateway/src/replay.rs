@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use uuid::Uuid;
 
+use crate::connection;
 use crate::error::ApiError;
 use crate::messaging::Messaging;
 use crate::session::SocketSession;
@@ -308,27 +309,34 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     /// Emits messages read from Postgres.
-    fn emit_stored(&mut self, messages: &[Message]) {
+    fn emit_stored(&mut self, messages: &[Message]) -> Result<(), ApiError> {
         for message in messages {
-            let _ = wire::emit(self.socket, &MessageNew::replayed(message));
-            self.through = self.through.max(message.seq);
+            self.emitted(wire::emit(self.socket, &MessageNew::replayed(message)), message.seq)?;
         }
-        self.count(messages.len());
+        Ok(())
     }
 
     /// Emits messages read from the stream, already encoded.
-    fn emit_encoded(&mut self, messages: &mut Vec<(i64, Box<RawValue>)>) {
-        let sent = messages.len();
+    fn emit_encoded(&mut self, messages: &mut Vec<(i64, Box<RawValue>)>) -> Result<(), ApiError> {
         for (seq, encoded) in messages.drain(..) {
-            let _ = wire::emit_encoded(self.socket, &encoded);
-            self.through = self.through.max(seq);
+            self.emitted(wire::emit_encoded(self.socket, &encoded), seq)?;
         }
-        self.count(sent);
+        Ok(())
     }
 
-    fn count(&mut self, sent: usize) {
-        self.sent += sent;
-        metrics::counter!("parley_gateway_replayed_messages_total").increment(sent as u64);
+    /// Counts one emitted message as sent; one the socket could not take ends the replay, and a
+    /// socket whose queue is full is disconnected (its client joins again from what it has).
+    fn emitted(&mut self, emit: Result<(), socketioxide::SendError>, seq: i64) -> Result<(), ApiError> {
+        if let Err(error) = emit {
+            if connection::queue_full(&error) {
+                connection::drop_slow(self.socket);
+            }
+            return Err(ApiError::unavailable("replaying", error));
+        }
+        self.through = self.through.max(seq);
+        self.sent += 1;
+        metrics::counter!("parley_gateway_replayed_messages_total").increment(1);
+        Ok(())
     }
 
     fn full(&self) -> bool {
@@ -372,7 +380,7 @@ impl Cursor<'_> {
                             },
                         )
                         .await?;
-                    self.emit_stored(&page.messages);
+                    self.emit_stored(&page.messages)?;
                     if page.has_more || self.full() {
                         return Ok(Ending::Full { feed: None });
                     }
@@ -479,7 +487,7 @@ impl Cursor<'_> {
                 break;
             }
         }
-        self.emit_encoded(&mut ready);
+        self.emit_encoded(&mut ready)?;
         Ok(progress)
     }
 

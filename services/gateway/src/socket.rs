@@ -18,6 +18,7 @@ use crate::api::{
     Object, SendPayload, SendReply, TypingPayload,
 };
 use crate::auth::UserId;
+use crate::connection;
 use crate::error::ApiError;
 use crate::limits::EventBudget;
 use crate::replay::Replays;
@@ -114,8 +115,10 @@ type Budget = Arc<EventBudget>;
 /// One client event's whole outline: counts it
 /// (`parley_gateway_events_received_total{event}`), runs its operation if `admitted`, counts a
 /// refusal (`parley_gateway_refusals_total{event, code}`) and acknowledges the outcome, if the
-/// client asked for an acknowledgement.
+/// client asked for an acknowledgement. A socket whose queue is too full for the ack is
+/// disconnected.
 async fn respond<T: Serialize>(
+    socket: &SocketRef,
     event: &'static str,
     admitted: Result<(), ApiError>,
     ack: AckSender,
@@ -134,8 +137,10 @@ async fn respond<T: Serialize>(
             ack.send(&error.ack())
         }
     };
-    if let Err(error) = sent {
-        tracing::debug!(%error, "ack not delivered");
+    match sent {
+        Err(error) if connection::queue_full(&error) => connection::drop_slow(socket),
+        Err(error) => tracing::debug!(%error, "ack not delivered"),
+        Ok(()) => {}
     }
 }
 
@@ -147,13 +152,14 @@ fn object<T>(payload: Result<Object<T>, impl std::fmt::Display>) -> Result<T, Ap
 }
 
 async fn message_send(
+    socket: SocketRef,
     Extension(user): Extension<UserId>,
     TryData(payload): TryData<Object<SendPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
     // Sends spend the user's send budget instead (`Messaging::send`).
-    respond("message:send", Ok(()), ack, async {
+    respond(&socket, "message:send", Ok(()), ack, async {
         let sent = async { state.messaging.send(user, object(payload)?.into_request(None)?).await }.await;
         messaging::record_send(&sent);
         Ok(SendReply { message: sent?.message })
@@ -162,12 +168,13 @@ async fn message_send(
 }
 
 async fn conversation_list(
+    socket: SocketRef,
     Extension(user): Extension<UserId>,
     Extension(budget): Extension<Budget>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:list", budget.spend(&state.limits), ack, async {
+    respond(&socket, "conversation:list", budget.spend(&state.limits), ack, async {
         let conversations = state.messaging.conversations(user).await?;
         Ok(ListReply { conversations })
     })
@@ -175,20 +182,27 @@ async fn conversation_list(
 }
 
 async fn conversation_history(
+    socket: SocketRef,
     Extension(user): Extension<UserId>,
     Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<HistoryPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:history", budget.spend(&state.limits), ack, async {
-        let (conversation, query) = object(payload)?.into_query()?;
-        let page = state.messaging.history(user, conversation, query).await?;
-        Ok(HistoryReply {
-            messages: page.messages,
-            has_more: page.has_more,
-        })
-    })
+    respond(
+        &socket,
+        "conversation:history",
+        budget.spend(&state.limits),
+        ack,
+        async {
+            let (conversation, query) = object(payload)?.into_query()?;
+            let page = state.messaging.history(user, conversation, query).await?;
+            Ok(HistoryReply {
+                messages: page.messages,
+                has_more: page.has_more,
+            })
+        },
+    )
     .await;
 }
 
@@ -202,7 +216,7 @@ async fn conversation_join(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:join", budget.spend(&state.limits), ack, async {
+    respond(&socket, "conversation:join", budget.spend(&state.limits), ack, async {
         let (conversation, last_seq) = object(payload)?.into_parts()?;
         subscriptions::join(&state, &socket, &session, &replays, conversation, last_seq).await
     })
@@ -217,7 +231,7 @@ async fn conversation_leave(
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:leave", budget.spend(&state.limits), ack, async {
+    respond(&socket, "conversation:leave", budget.spend(&state.limits), ack, async {
         let conversation = object(payload)?.conversation()?;
         subscriptions::leave(&state, &socket, &session, conversation).await?;
         Ok(Done {})
@@ -228,13 +242,14 @@ async fn conversation_leave(
 /// Typing over the socket's budget is dropped silently, like typing above its throttle: the
 /// signal is advisory and the next one carries the state.
 async fn conversation_typing(
+    socket: SocketRef,
     Extension(session): Extension<SocketSession>,
     Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<TypingPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:typing", Ok(()), ack, async {
+    respond(&socket, "conversation:typing", Ok(()), ack, async {
         let (conversation, is_typing) = object(payload)?.into_parts()?;
         if budget.spend(&state.limits).is_ok() {
             subscriptions::typing(&state, &session, conversation, is_typing).await?;
@@ -245,27 +260,35 @@ async fn conversation_typing(
 }
 
 async fn conversation_mark_read(
+    socket: SocketRef,
     Extension(user): Extension<UserId>,
     Extension(budget): Extension<Budget>,
     TryData(payload): TryData<Object<MarkReadPayload>>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("conversation:markRead", budget.spend(&state.limits), ack, async {
-        let (conversation, message) = object(payload)?.into_parts(None)?;
-        let last_read_seq = state.messaging.mark_read(user, conversation, message).await?;
-        Ok(MarkReadReply { last_read_seq })
-    })
+    respond(
+        &socket,
+        "conversation:markRead",
+        budget.spend(&state.limits),
+        ack,
+        async {
+            let (conversation, message) = object(payload)?.into_parts(None)?;
+            let last_read_seq = state.messaging.mark_read(user, conversation, message).await?;
+            Ok(MarkReadReply { last_read_seq })
+        },
+    )
     .await;
 }
 
 async fn unknown_event(
+    socket: SocketRef,
     Event(event): Event,
     Extension(budget): Extension<Budget>,
     ack: AckSender,
     State(state): State<AppState>,
 ) {
-    respond("unknown", budget.spend(&state.limits), ack, async {
+    respond(&socket, "unknown", budget.spend(&state.limits), ack, async {
         Err::<Value, _>(ApiError::invalid_request(format!("unknown event {event:?}")))
     })
     .await;

@@ -64,3 +64,118 @@ async fn after_nats_server_restarts_the_gateway_and_worker_reconnect_and_resume(
     .await;
     assert_eq!(history["messages"], json!([before, after]));
 }
+
+/// Sends `count` messages over HTTP, one after another; returns the acknowledged message ids, in
+/// order. With `client_msg_ids`, each send has its own `clientMsgId` and is retried on
+/// `unavailable` until acknowledged, as a real client does; without, an `unavailable` fails the
+/// test (the gateway must have settled the outcome itself).
+async fn send_until_acknowledged(
+    addr: std::net::SocketAddr,
+    conversation: uuid::Uuid,
+    token: String,
+    (sender, count, client_msg_ids): (usize, usize, bool),
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    let path = format!("/v1/conversations/{conversation}/messages");
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let mut body = json!({ "body": format!("sender {sender} message {i}") });
+        if client_msg_ids {
+            body["clientMsgId"] = json!(format!("s{sender}-m{i}"));
+        }
+        let id = eventually("the send to be acknowledged", Duration::from_secs(60), || async {
+            let response = http::post(addr, &path, &token, &body).await;
+            match response.status {
+                200 | 201 => Some(response.body["message"]["id"].as_str().unwrap().to_owned()),
+                503 if client_msg_ids => None,
+                other => panic!("a send answered {other}: {}", response.raw),
+            }
+        })
+        .await;
+        acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ids.push(id);
+    }
+    ids
+}
+
+/// Three senders through a kill -9 of nats-server that lasts `outage`; every acknowledged send
+/// is stored exactly once, in order, and nothing else is.
+async fn senders_through_a_nats_kill_9(client_msg_ids: bool, outage: Duration) {
+    let mut stack = stack(1).await;
+    let project = stack.project("Outage").await;
+    let conversation = project.conversation_id();
+    let addr = stack.gateway(0).addr;
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (senders, per_sender) = (3, 60);
+    let sending: Vec<_> = (0..senders)
+        .map(|sender| {
+            tokio::spawn(send_until_acknowledged(
+                addr,
+                conversation,
+                token(project.client()),
+                (sender, per_sender, client_msg_ids),
+                acknowledged.clone(),
+            ))
+        })
+        .collect();
+    // Mid-load, nats-server dies without a word, stays away a moment, and comes back on its store.
+    let counter = acknowledged.clone();
+    eventually("a third of the sends", Duration::from_secs(60), || {
+        let counter = counter.clone();
+        async move { (counter.load(std::sync::atomic::Ordering::SeqCst) >= senders * per_sender / 3).then_some(()) }
+    })
+    .await;
+    stack.nats.kill();
+    tokio::time::sleep(outage).await;
+    stack.nats.restart();
+
+    let mut acked = std::collections::BTreeSet::new();
+    for sending in sending {
+        acked.extend(sending.await.unwrap());
+    }
+    assert_eq!(acked.len(), senders * per_sender, "each send maps to its own message");
+
+    // Every acknowledged message is stored exactly once, and nothing else.
+    let last: uuid::Uuid = acked.iter().next_back().unwrap().parse().unwrap();
+    stack.persisted(conversation, last).await;
+    let stored = eventually("every message stored", Duration::from_secs(60), || async {
+        let mut stored = Vec::new();
+        let mut before: Option<i64> = None;
+        loop {
+            let query = before.map_or(String::new(), |seq| format!("&beforeSeq={seq}"));
+            let page = http::get(
+                addr,
+                &format!("/v1/conversations/{conversation}/messages?limit=200{query}"),
+                &token(project.provider()),
+            )
+            .await;
+            let messages = page.body["messages"].as_array()?.clone();
+            before = messages.first().and_then(|m| m["seq"].as_i64());
+            stored.splice(0..0, messages);
+            if page.body["hasMore"] != true {
+                break;
+            }
+        }
+        (stored.len() >= senders * per_sender).then_some(stored)
+    })
+    .await;
+    let ids: Vec<String> = stored.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    let distinct: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), distinct.len(), "a message stored twice");
+    assert_eq!(distinct, acked, "stored exactly the acknowledged messages");
+    let seqs: Vec<i64> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "history in seq order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_retrying_with_their_client_msg_id_through_a_nats_kill_9_get_each_message_stored_once() {
+    senders_through_a_nats_kill_9(true, Duration::from_secs(6)).await;
+}
+
+/// A send whose publish got no answer may have been stored; the gateway retries it with the same
+/// `Nats-Msg-Id` until acknowledged, rather than answer an `unavailable` whose retry would store
+/// it again. An outage shorter than its deadline refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_without_client_msg_id_through_a_short_nats_outage_are_all_acknowledged_and_stored_once() {
+    senders_through_a_nats_kill_9(false, Duration::from_secs(3)).await;
+}

@@ -1,0 +1,178 @@
+//! A client that cannot keep up never gets a gap it cannot see: once its socket's outgoing queue
+//! is full the gateway disconnects it, and the client recovers everything, exactly once, by
+//! joining again from the last `seq` it really received. Against real NATS and Postgres.
+
+// A test's unwrap is one of its assertions: its failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{WAIT, ask, stack, token};
+use parley_test_support::sio::{Client, Driver};
+use parley_test_support::{ProjectFixture, publish_message};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// Messages flooded at the conversation, and each one's body size: together well over what the
+/// socket's queue (4096 packets) and the kernel's buffers hold.
+const FLOOD: usize = 8000;
+const BODY_CHARS: usize = 2000;
+
+/// Polls `driver` (so the client reads) until `stop` fires, then hands it back unpolled.
+fn read_until(mut driver: Driver, stop: oneshot::Receiver<()>) -> tokio::task::JoinHandle<Option<Driver>> {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = &mut driver => panic!("the connection ended while reading"),
+            _ = stop => Some(driver),
+        }
+    })
+}
+
+/// Publishes the flood from eight tasks at once; returns every published seq, and each one's
+/// message id.
+async fn flood(js: &async_nats::jetstream::Context, project: &ProjectFixture) -> BTreeMap<i64, uuid::Uuid> {
+    let body = "x".repeat(BODY_CHARS);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (js, events) = (
+                js.clone(),
+                (0..FLOOD / 8)
+                    .map(|_| project.message(project.client(), &body))
+                    .collect::<Vec<_>>(),
+            );
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for event in &events {
+                    seqs.push((i64::try_from(publish_message(&js, event).await).unwrap(), event.id));
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut seqs = BTreeMap::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs
+}
+
+/// Every `message:new` seq a client has buffered, in arrival order, until its connection ended.
+async fn drain_events(client: &mut Client) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while let Ok((name, data)) = client.next_event(Duration::from_millis(1)).await {
+        if name == "message:new" {
+            seqs.push(data["seq"].as_i64().unwrap());
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_stops_reading_is_disconnected_and_recovers_every_message_once_by_replay() {
+    let stack = stack(1).await;
+    let project = stack.project("Slow reader").await;
+    let conversation = project.conversation_id();
+    let url = stack.gateway(0).url();
+
+    // The slow reader joins while it still reads, then stops reading altogether.
+    let (mut slow, driver) = Client::connector(&url, json!({ "token": token(project.provider()) }))
+        .connect_driven()
+        .await
+        .unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let reading = read_until(driver, stopped);
+    let joined = ask(
+        &slow,
+        "conversation:join",
+        json!({ "conversationId": conversation, "lastSeq": 0 }),
+    )
+    .await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    stop.send(()).unwrap();
+    let driver = reading.await.unwrap().unwrap();
+
+    // A healthy socket of the other participant takes the same flood.
+    let mut healthy = stack.socket(0, project.client()).await;
+    let started = Instant::now();
+    let published = flood(&stack.js, &project).await;
+    let mut healthy_got = 0;
+    while healthy_got < FLOOD {
+        let (name, _) = healthy
+            .next_event(WAIT)
+            .await
+            .expect("the healthy socket gets every message");
+        if name == "message:new" {
+            healthy_got += 1;
+        }
+    }
+    let healthy_took = started.elapsed();
+
+    // The slow reader reads again: what its connection still held, then the end the gateway
+    // gave it. Had it kept the connection, this would run until the timeout with every message.
+    tokio::time::timeout(WAIT, driver)
+        .await
+        .expect("the gateway disconnected the socket that stopped reading");
+    let received = drain_events(&mut slow).await;
+    assert!(
+        received.len() < FLOOD,
+        "the slow socket got everything: nothing was full"
+    );
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "live messages out of order");
+
+    // It comes back and joins from the last seq it really got, paging the rest with history.
+    let last = received.last().copied().unwrap_or(0);
+    let mut back = stack.socket(0, project.provider()).await;
+    let rejoined = ask(
+        &back,
+        "conversation:join",
+        json!({ "conversationId": conversation, "lastSeq": last }),
+    )
+    .await;
+    assert_eq!(rejoined["ok"], true, "{rejoined}");
+    let replayed_count = usize::try_from(rejoined["replayed"].as_u64().unwrap()).unwrap();
+    let mut replayed = Vec::new();
+    while replayed.len() < replayed_count {
+        let (name, data) = back.next_event(WAIT).await.unwrap();
+        if name == "message:new" && data["replayed"] == true {
+            replayed.push(data["seq"].as_i64().unwrap());
+        }
+    }
+    let mut after = replayed.last().copied().unwrap_or(last);
+    if rejoined["complete"] != true {
+        // History reads Postgres: let the worker store the whole flood first.
+        let (_, last_id) = published.last_key_value().unwrap();
+        stack.persisted(conversation, *last_id).await;
+        loop {
+            let page = ask(
+                &back,
+                "conversation:history",
+                json!({ "conversationId": conversation, "afterSeq": after, "limit": 200 }),
+            )
+            .await;
+            let messages: Vec<Value> = page["messages"].as_array().unwrap().clone();
+            replayed.extend(messages.iter().map(|m| m["seq"].as_i64().unwrap()));
+            after = replayed.last().copied().unwrap_or(after);
+            if page["hasMore"] != true {
+                break;
+            }
+        }
+    }
+    let mut all = received.clone();
+    all.extend(&replayed);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "a message twice or out of order");
+    let published: BTreeSet<i64> = published.into_keys().collect();
+    assert_eq!(
+        all.into_iter().collect::<BTreeSet<_>>(),
+        published,
+        "every message exactly once"
+    );
+    println!(
+        "the slow socket got {} of {FLOOD} live before the gateway cut it, and {} by replay and history; \
+         the healthy socket took all {FLOOD} in {healthy_took:?}",
+        received.len(),
+        replayed.len()
+    );
+}
