@@ -5,7 +5,7 @@
 #   /usr/local/bin/parley                       the operator's CLI
 #
 #   docker build -t parley .
-#   docker run --rm -e PARLEY_JWT_SECRET=… -e NATS_URL=… -e DATABASE_URL=… parley            # gateway
+#   docker run --rm -e PARLEY_JWT_SECRET=… -e PARLEY_TRANSCRIPT_KEY=… -e NATS_URL=… -e DATABASE_URL=… parley   # gateway
 #   docker run --rm -e NATS_URL=… -e DATABASE_URL=… parley parley-persistence-worker
 #
 # Stages: `planner` reduces the source tree to the workspace skeleton (manifests, lock file,

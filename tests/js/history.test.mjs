@@ -20,6 +20,7 @@ const CONVERSATION_KEYS = [
   "projectId",
   "projectTitle",
   "status",
+  "transcript",
   "unreadCount",
   "updatedAt",
 ];
@@ -134,6 +135,11 @@ describe("conversation:history and conversation:list", () => {
       assert.ok(preview.length <= 120, `preview has ${preview.length} characters: ${context}`);
       assert.ok(preview.length >= 100, `preview is much shorter than 120 characters: ${context}`);
       assert.ok(longBody.startsWith(lastMessage.preview.replace(/…$/, "")), `preview is not the body's start: ${context}`);
+
+      // transcript: the chain's size (started, then the messages stored so far) and head.
+      assert.deepEqual(Object.keys(entry.transcript).sort(), ["head", "size"], context);
+      assert.ok(Number.isSafeInteger(entry.transcript.size) && entry.transcript.size >= 1, context);
+      assert.match(entry.transcript.head, /^[0-9a-f]{64}$/, context);
 
       // unreadCount: the other party's messages above the caller's lastReadSeq.
       const me = who === "provider" ? provider : client;

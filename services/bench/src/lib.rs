@@ -14,6 +14,7 @@ pub mod replay;
 pub mod report;
 pub mod scrape;
 pub mod stack;
+pub mod transcript;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,7 @@ pub enum Part {
     Latency,
     Idle,
     Replay,
+    Transcript,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -132,7 +134,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&context.out)?;
     let parts = if args.only.is_empty() {
-        vec![Part::Persistence, Part::Ingest, Part::Latency, Part::Idle, Part::Replay]
+        vec![
+            Part::Persistence,
+            Part::Ingest,
+            Part::Latency,
+            Part::Idle,
+            Part::Replay,
+            Part::Transcript,
+        ]
     } else {
         args.only.clone()
     };
@@ -154,6 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Part::Latency => latency::run(pass).await?,
             Part::Idle => idle::run(pass).await?,
             Part::Replay => replay::run(pass).await?,
+            Part::Transcript => transcript::run(pass).await?,
         };
         for figure in &measured {
             eprintln!("   {}", figure.one_line());

@@ -13,7 +13,7 @@ use crate::Context;
 
 /// The bench gateways' transcript signing seed (`PARLEY_TRANSCRIPT_KEY`, base64 of 32 bytes):
 /// the bench signs nothing it keeps, but a gateway refuses to start without one.
-const TRANSCRIPT_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+pub(crate) const TRANSCRIPT_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
 
 /// A child process, killed on drop.
 pub struct Process {
