@@ -6,6 +6,7 @@
 //! otherwise) and `PARLEY_TEST_DATABASE_URL` (a Postgres superuser URL); `scripts/test.sh` sets
 //! both.
 
+pub mod cluster;
 pub mod http;
 pub mod nats;
 pub mod postgres;

@@ -1,0 +1,482 @@
+//! A real three-node JetStream cluster for tests: three nats-server processes on loopback ports,
+//! each from its node's configuration in `nats/cluster/` (the files the compose `cluster`
+//! profile mounts), so that a change to those files is what the tests run. Only what cannot be
+//! shared between a container and a test is rewritten: the client, cluster and monitoring ports,
+//! the routes (container names become loopback ports) and the store folder. Every other line,
+//! `sync_interval: always` and the cluster's name included, is kept as written, and the rewrite
+//! panics if a line it must rewrite is missing, so a reshaped file cannot be silently skipped.
+//!
+//! A test can find a stream's leader (`$JS.API.STREAM.INFO`) and the JetStream meta leader
+//! (the monitoring endpoint's `/jsz`), and inflict the faults an operator meets: `kill -9` of a
+//! node, its restart on the same folder, a freeze (SIGSTOP, then SIGCONT: a hung machine), and a
+//! restart with the store folder wiped (a replaced disk). Each wait is for an event the cluster
+//! reports (a leader, a formed cluster), never a fixed sleep.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::{Process, ProcessBuilder, free_port};
+
+/// Nodes in the cluster, as in `nats/cluster/`.
+pub const NODES: usize = 3;
+
+/// How long a wait for the cluster (formed, a leader) may take before the test fails: a Raft
+/// election takes seconds, a stream catching up after a restart a few more.
+pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(60);
+
+fn binary() -> String {
+    std::env::var("PARLEY_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned())
+}
+
+/// The configuration of node `index` (0-based) as shipped: `nats/cluster/node-<index+1>.conf`.
+pub fn shipped_config(index: usize) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../nats/cluster")
+        .join(format!("node-{}.conf", index + 1))
+}
+
+/// Where one node listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub client: u16,
+    pub cluster: u16,
+    pub http: u16,
+}
+
+/// `shipped` (a node's configuration from `nats/cluster/`) with this node's `ports`, the routes
+/// to `peers` (every node's cluster port, its own included, in node order: the shipped files
+/// list all three too) and `store_dir`. Panics naming the line when one it must rewrite is absent.
+pub fn derive_config(shipped: &str, ports: Ports, peers: &[u16], store_dir: &Path) -> String {
+    let mut out = String::new();
+    let mut seen = [false; 5];
+    let mut in_cluster = false;
+    let mut routes = 0;
+    for line in shipped.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let key = trimmed.split(':').next().unwrap_or("").trim();
+        let rewritten = if trimmed.starts_with('#') {
+            None
+        } else if trimmed.starts_with("cluster") && trimmed.ends_with('{') {
+            in_cluster = true;
+            None
+        } else if key == "listen" && !in_cluster {
+            seen[0] = true;
+            Some(format!("listen: 127.0.0.1:{}", ports.client))
+        } else if key == "listen" && in_cluster {
+            seen[1] = true;
+            Some(format!("listen: 127.0.0.1:{}", ports.cluster))
+        } else if key == "http_port" {
+            seen[2] = true;
+            Some(format!("http: \"127.0.0.1:{}\"", ports.http))
+        } else if key == "store_dir" {
+            seen[3] = true;
+            Some(format!("store_dir: {:?}", store_dir.display().to_string()))
+        } else if let Some(rest) = trimmed.strip_prefix("nats-route://nats-") {
+            // nats-route://nats-<n>:6222: node n's cluster port on loopback.
+            let n: usize = rest
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a route the test cluster cannot map: {trimmed}"));
+            let port = peers
+                .get(n.wrapping_sub(1))
+                .unwrap_or_else(|| panic!("a route to a node the test cluster does not have: {trimmed}"));
+            routes += 1;
+            seen[4] = true;
+            Some(format!("nats-route://127.0.0.1:{port}"))
+        } else {
+            None
+        };
+        out.push_str(indent);
+        out.push_str(rewritten.as_deref().unwrap_or(trimmed));
+        out.push('\n');
+    }
+    let names = ["listen", "cluster.listen", "http_port", "store_dir", "routes"];
+    for (name, seen) in names.iter().zip(seen) {
+        assert!(
+            seen,
+            "the cluster configuration has no `{name}` line for the test cluster to rewrite"
+        );
+    }
+    assert_eq!(routes, peers.len(), "the shipped routes list every node");
+    out
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    ports: Ports,
+    dir: PathBuf,
+    process: Option<Process>,
+    starts: usize,
+}
+
+impl Node {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("nats.conf")
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.dir.join("jetstream")
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let process = ProcessBuilder::new(binary())
+            .name(self.name.clone())
+            .arg("-c")
+            .arg(self.config_path())
+            .log_file(self.dir.join(format!("nats.{}.log", self.starts)))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}; set PARLEY_TEST_NATS_SERVER"));
+        let process = self.process.insert(process);
+        if let Err(e) = process.wait_for_port(self.ports.client, Duration::from_secs(20)) {
+            panic!("{} did not come up: {e}", self.name);
+        }
+    }
+}
+
+/// Three nats-server processes forming one JetStream cluster; stopped and their folders removed
+/// on drop (kept, and printed, when the test is failing).
+#[derive(Debug)]
+pub struct NatsCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until the cluster has formed: every node routed to the
+    /// two others and a JetStream meta leader that every node agrees on.
+    pub async fn start() -> NatsCluster {
+        let dir = std::env::temp_dir().join(format!("parley-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let ports: Vec<Ports> = (0..NODES)
+            .map(|_| Ports {
+                client: free_port().expect("a free port"),
+                cluster: free_port().expect("a free port"),
+                http: free_port().expect("a free port"),
+            })
+            .collect();
+        let peers: Vec<u16> = ports.iter().map(|p| p.cluster).collect();
+        let mut nodes = Vec::new();
+        for (index, ports) in ports.into_iter().enumerate() {
+            let node_dir = dir.join(format!("node-{}", index + 1));
+            std::fs::create_dir_all(&node_dir).expect("node folder");
+            let shipped = std::fs::read_to_string(shipped_config(index)).expect("nats/cluster node configuration");
+            let config = derive_config(&shipped, ports, &peers, &node_dir.join("jetstream"));
+            std::fs::write(node_dir.join("nats.conf"), config).expect("write node configuration");
+            let name = server_name(&shipped).unwrap_or_else(|| format!("nats-{}", index + 1));
+            nodes.push(Node {
+                name,
+                ports,
+                dir: node_dir,
+                process: None,
+                starts: 0,
+            });
+        }
+        for node in &mut nodes {
+            node.spawn();
+        }
+        let cluster = NatsCluster { dir, nodes };
+        cluster.wait_formed().await;
+        cluster
+    }
+
+    /// `NATS_URL` for the services: the three client URLs, comma-separated.
+    pub fn url(&self) -> String {
+        (0..NODES).map(|i| self.node_url(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The client URL of node `index`.
+    pub fn node_url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].ports.client)
+    }
+
+    /// The server name of node `index` (`nats-1`, … as in the shipped files).
+    pub fn node_name(&self, index: usize) -> &str {
+        &self.nodes[index].name
+    }
+
+    /// The node called `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The derived configuration file of node `index`.
+    pub fn config_path(&self, index: usize) -> PathBuf {
+        self.nodes[index].config_path()
+    }
+
+    /// Whether node `index`'s process runs (a frozen one does).
+    pub fn is_running(&mut self, index: usize) -> bool {
+        self.nodes[index].process.as_mut().is_some_and(Process::is_running)
+    }
+
+    /// A client connected to the whole cluster (it moves to another node when its node goes).
+    pub async fn client(&self) -> async_nats::Client {
+        parley_nats::connect(&self.url(), "parley-test")
+            .await
+            .expect("connect to the cluster")
+    }
+
+    /// `/jsz` of node `index`'s monitoring endpoint, `None` when it does not answer.
+    async fn jsz(&self, index: usize) -> Option<Value> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.nodes[index].ports.http));
+        let fetch = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let request = format!("GET /jsz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .ok()?;
+            let mut raw = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw).await.ok()?;
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let (_, body) = raw.split_once("\r\n\r\n")?;
+            serde_json::from_str::<Value>(body).ok()
+        };
+        // A frozen node accepts the connection (the kernel does) but never answers.
+        tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
+    }
+
+    /// The JetStream meta leader as node `index` sees it.
+    async fn meta_leader_seen_by(&self, index: usize) -> Option<usize> {
+        let jsz = self.jsz(index).await?;
+        self.node_index(jsz["meta_cluster"]["leader"].as_str()?)
+    }
+
+    /// The JetStream meta leader, as the running nodes that answer agree on it.
+    pub async fn meta_leader(&mut self) -> Option<usize> {
+        let mut agreed = None;
+        for index in 0..NODES {
+            if !self.is_running(index) {
+                continue;
+            }
+            let seen = self.meta_leader_seen_by(index).await?;
+            if agreed.is_some_and(|a| a != seen) {
+                return None;
+            }
+            agreed = Some(seen);
+        }
+        agreed
+    }
+
+    /// Waits until the running nodes agree on a meta leader other than `not`, and returns it.
+    pub async fn wait_for_meta_leader(&mut self, not: Option<usize>) -> usize {
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            if let Some(leader) = self.meta_leader().await
+                && Some(leader) != not
+            {
+                return leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no JetStream meta leader within {CLUSTER_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the cluster has formed: every node reports a meta group of three with the
+    /// same leader, and every node is routed to the two others.
+    pub async fn wait_formed(&self) {
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            let mut leaders = Vec::new();
+            for index in 0..NODES {
+                let Some(jsz) = self.jsz(index).await else { break };
+                let meta = &jsz["meta_cluster"];
+                let size = meta["cluster_size"].as_u64().unwrap_or(0);
+                let current = meta["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == NODES - 1 && r.iter().all(|p| p["current"] == true));
+                match meta["leader"].as_str() {
+                    Some(leader) if size == NODES as u64 && (current || meta["leader"] != jsz["server_name"]) => {
+                        leaders.push(leader.to_owned());
+                    }
+                    _ => break,
+                }
+            }
+            if leaders.len() == NODES && leaders.iter().all(|l| *l == leaders[0]) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster did not form within {CLUSTER_PATIENCE:?}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader of `stream` as the cluster reports it (`$JS.API.STREAM.INFO`), `None` while it
+    /// has none or does not answer.
+    pub async fn stream_leader(&self, client: &async_nats::Client, stream: &str) -> Option<usize> {
+        let request = client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into());
+        let reply = tokio::time::timeout(Duration::from_secs(3), request).await.ok()?.ok()?;
+        let info: Value = serde_json::from_slice(&reply.payload).ok()?;
+        self.node_index(info["cluster"]["leader"].as_str()?)
+    }
+
+    /// Waits until `stream` has a leader other than `not`, and returns it.
+    pub async fn wait_for_stream_leader(&self, client: &async_nats::Client, stream: &str, not: Option<usize>) -> usize {
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            if let Some(leader) = self.stream_leader(client, stream).await
+                && Some(leader) != not
+            {
+                return leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stream} had no leader within {CLUSTER_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every replica of `stream` is current (caught up with its leader).
+    pub async fn wait_for_stream_current(&self, client: &async_nats::Client, stream: &str) {
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            let request = client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into());
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(3), request).await
+                && let Ok(info) = serde_json::from_slice::<Value>(&reply.payload)
+                && info["cluster"]["leader"].is_string()
+                && info["cluster"]["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == NODES - 1 && r.iter().all(|p| p["current"] == true))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stream}'s replicas did not catch up within {CLUSTER_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9` of node `index`; it stays down until [`NatsCluster::restart`].
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts node `index` again on its ports and its store folder (killing it first if it
+    /// runs), and waits until it accepts clients.
+    pub fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.nodes[index].spawn();
+    }
+
+    /// Kills node `index`, removes its JetStream store (a replaced disk) and starts it again.
+    pub fn wipe_and_restart(&mut self, index: usize) {
+        self.kill(index);
+        let store = self.nodes[index].store_dir();
+        match std::fs::remove_dir_all(&store) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot wipe {}: {e}", store.display()),
+        }
+        self.nodes[index].spawn();
+    }
+
+    /// Freezes node `index` for `duration` (SIGSTOP, then SIGCONT): a hung machine whose
+    /// connections stay open. The freeze is the fault itself, hence the fixed duration.
+    pub async fn freeze(&self, index: usize, duration: Duration) {
+        let pid = self.nodes[index]
+            .process
+            .as_ref()
+            .and_then(Process::pid)
+            .expect("a running node to freeze");
+        signal(pid, "STOP");
+        tokio::time::sleep(duration).await;
+        signal(pid, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {name} {pid} failed");
+}
+
+/// The `server_name` a shipped configuration gives its node.
+fn server_name(config: &str) -> Option<String> {
+    config.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("server_name:")?;
+        Some(value.trim().trim_matches('"').to_owned())
+    })
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(process) = node.process.as_ref().and_then(Process::pid) {
+                // A frozen node would ignore SIGTERM until thawed.
+                let _ = Command::new("kill")
+                    .args(["-s", "CONT", &process.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            drop(node.process.take());
+        }
+        if std::thread::panicking() {
+            eprintln!("the cluster's logs are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shipped_node_configuration_is_derived_with_only_ports_routes_and_store_changed() {
+        let ports = Ports {
+            client: 14222,
+            cluster: 16222,
+            http: 18222,
+        };
+        let peers = [16222, 16223, 16224];
+        for index in 0..NODES {
+            let shipped = std::fs::read_to_string(shipped_config(index)).unwrap();
+            let derived = derive_config(&shipped, ports, &peers, Path::new("/tmp/store"));
+            assert!(derived.contains("listen: 127.0.0.1:14222"), "{derived}");
+            assert!(derived.contains("listen: 127.0.0.1:16222"), "{derived}");
+            assert!(derived.contains("http: \"127.0.0.1:18222\""), "{derived}");
+            assert!(derived.contains("store_dir: \"/tmp/store\""), "{derived}");
+            for port in peers {
+                assert!(derived.contains(&format!("nats-route://127.0.0.1:{port}")), "{derived}");
+            }
+            assert!(derived.contains("sync_interval: always"), "{derived}");
+            assert!(derived.contains("name: parley"), "{derived}");
+            assert_eq!(server_name(&derived), Some(format!("nats-{}", index + 1)));
+            // Everything else is the shipped text, line for line.
+            let kept = |text: &str| -> Vec<String> {
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| {
+                        !(l.starts_with("listen")
+                            || l.starts_with("http")
+                            || l.starts_with("store_dir")
+                            || l.starts_with("nats-route"))
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert_eq!(kept(&shipped), kept(&derived));
+        }
+    }
+}
