@@ -2,6 +2,14 @@
 //! stream and consumer definitions from `nats/`, compiled in and applied idempotently at start, so
 //! that any process may come up first and the files in `nats/` stay the single source of truth,
 //! and one way to consume a durable consumer ([`consume`]).
+//!
+//! Applying a definition looks before it writes: a stream or consumer that already has what its
+//! definition sets is left alone, so processes starting together on a cluster do not all send the
+//! meta leader the same request. When they do race on one that does not exist yet, a clustered
+//! server answers only one of the identical creates and leaves the others without a reply (seen on
+//! 2.12.8: the second of two concurrent `STREAM.CREATE`s of an R3 stream times out although the
+//! stream was made). A create or update that times out is therefore not a failure to retry from
+//! the start, but a question the stream answers: it is waited for until it shows the definition.
 
 use std::time::Duration;
 
@@ -157,16 +165,104 @@ pub fn stream_config(name: &str, replicas: usize) -> Result<stream::Config, Setu
 
 /// Creates or updates every Parley stream to its definition. Idempotent; safe to race.
 pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), SetupError> {
-    for (name, _) in STREAM_DEFINITIONS {
+    for (name, definition) in STREAM_DEFINITIONS {
         let config = stream_config(name, replicas)?;
-        js.create_or_update_stream(config)
+        ensure_stream(js, config, definition)
             .await
-            .map_err(|e| SetupError::Stream {
+            .map_err(|source| SetupError::Stream {
                 name: (*name).into(),
-                source: e.into(),
+                source,
             })?;
     }
     Ok(())
+}
+
+/// How long a process waits for a stream or consumer whose create or update went unanswered to
+/// show its definition (a new R3 stream needs its first leader elected: seconds).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// How often it looks meanwhile.
+const SETTLE_POLL: Duration = Duration::from_millis(250);
+
+/// The fields of `config` that `definition` (its JSON in `nats/`) sets, and the replicas: what a
+/// server's copy must show to count as applied. Fields the definition leaves out get the
+/// server's defaults and are not compared.
+fn defined_fields(config: &impl serde::Serialize, definition: &str) -> Result<serde_json::Value, async_nats::Error> {
+    let defined: serde_json::Map<String, serde_json::Value> = serde_json::from_str(definition)?;
+    let serde_json::Value::Object(actual) = serde_json::to_value(config)? else {
+        return Err("a configuration that is not a JSON object".into());
+    };
+    let fields = defined
+        .keys()
+        .map(String::as_str)
+        .chain(["num_replicas"])
+        .filter_map(|key| Some((key.to_owned(), actual.get(key)?.clone())))
+        .collect();
+    Ok(serde_json::Value::Object(fields))
+}
+
+/// Whether `error` says the stream does not exist.
+fn stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Creates `config`'s stream, or updates it when it differs from `definition`; a request left
+/// unanswered is followed by waiting until the stream shows the definition.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    definition: &str,
+) -> Result<(), async_nats::Error> {
+    let wanted = defined_fields(&config, definition)?;
+    let unanswered = match js.get_stream(&config.name).await {
+        Ok(stream) => {
+            if defined_fields(&stream.cached_info().config, definition)? == wanted {
+                return Ok(());
+            }
+            create_timed_out(js.update_stream(config.clone()).await.map(drop))?
+        }
+        Err(e) if stream_not_found(&e) => create_timed_out(js.create_stream(config.clone()).await.map(drop))?,
+        // A stream that is being created answers nothing until its first leader is elected.
+        Err(e) if e.kind() == jetstream::context::GetStreamErrorKind::Request => true,
+        Err(e) => return Err(e.into()),
+    };
+    if !unanswered {
+        return Ok(());
+    }
+    warn!(stream = %config.name, "no answer about the stream; waiting for it to show its definition");
+    settle(&format!("stream {}", config.name), || async {
+        let stream = js.get_stream(&config.name).await.ok()?;
+        (defined_fields(&stream.cached_info().config, definition).ok()? == wanted).then_some(())
+    })
+    .await
+}
+
+/// Whether a create or update went unanswered (`Ok(true)`), was done (`Ok(false)`), or failed.
+fn create_timed_out(result: Result<(), jetstream::context::CreateStreamError>) -> Result<bool, async_nats::Error> {
+    match result {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Polls `shows` until it yields, for at most [`SETTLE`].
+async fn settle<T, F, Fut>(what: &str, mut shows: F) -> Result<T, async_nats::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if let Some(value) = shows().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{what} did not show its definition within {SETTLE:?}").into());
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
 }
 
 /// The pull consumer configuration of `definition`.
@@ -177,7 +273,8 @@ pub fn consumer_config(definition: ConsumerDefinition) -> Result<consumer::pull:
     })
 }
 
-/// Creates or updates the durable pull consumer of `definition` and returns it.
+/// Creates or updates the durable pull consumer of `definition` and returns it: left alone when
+/// it already has the definition, waited for when its create goes unanswered.
 pub async fn ensure_pull_consumer(
     js: &jetstream::Context,
     definition: ConsumerDefinition,
@@ -188,8 +285,24 @@ pub async fn ensure_pull_consumer(
         name: name.clone(),
         source: e,
     };
+    let wanted = defined_fields(&config, definition.json).map_err(err)?;
     let stream = js.get_stream(definition.stream).await.map_err(|e| err(e.into()))?;
-    stream.create_consumer(config).await.map_err(|e| err(e.into()))
+    let current = || async {
+        let consumer: consumer::PullConsumer = stream.get_consumer(&name).await.ok()?;
+        let shown = defined_fields(&consumer.cached_info().config, definition.json).ok()?;
+        (shown == wanted).then_some(consumer)
+    };
+    if let Some(consumer) = current().await {
+        return Ok(consumer);
+    }
+    match stream.create_consumer(config).await {
+        Ok(consumer) => Ok(consumer),
+        Err(e) if e.kind() == jetstream::stream::ConsumerErrorKind::TimedOut => {
+            warn!(consumer = %name, "no answer to the consumer's create; waiting for it to show");
+            settle(&format!("consumer {name}"), current).await.map_err(err)
+        }
+        Err(e) => Err(err(e.into())),
+    }
 }
 
 /// Publishes, every few seconds until `shutdown`, each durable consumer's backlog as gauges:
