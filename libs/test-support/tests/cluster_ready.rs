@@ -50,4 +50,7 @@ async fn every_process_becomes_ready_together_on_a_cluster_that_has_just_formed(
             .collect();
         assert!(failed.is_empty(), "{} retried its set-up: {failed:#?}", service.name());
     }
+    drop(services);
+    // Binaries' logs go with a passing test (a failing one keeps them for reading).
+    let _ = std::fs::remove_dir_all(&endpoints.log_dir);
 }
