@@ -32,6 +32,49 @@ fn unreadable(status: StatusCode) -> ApiError {
     }
 }
 
+/// How long a request body may take to arrive once its head has: a half-sent body ends then.
+pub(crate) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the request's body a deadline ([`BODY_TIMEOUT`]): reading it past that fails, as a
+/// body that cannot be read (`invalid_request`), and the connection closes with the answer.
+async fn body_deadline(request: axum::extract::Request) -> axum::extract::Request {
+    request.map(|body| {
+        axum::body::Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(BODY_TIMEOUT)),
+        })
+    })
+}
+
+/// A body that fails once its deadline passes.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(axum::Error::new("the request body did not arrive in time"))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/conversations", get(list_conversations))
@@ -55,6 +98,7 @@ pub(crate) fn router(state: AppState) -> Router {
         })
         .method_not_allowed_fallback(|method: axum::http::Method| async move { ApiError::MethodNotAllowed(method) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_request(body_deadline))
         .with_state(state)
 }
 

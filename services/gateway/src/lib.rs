@@ -67,6 +67,9 @@ pub(crate) const MAX_PACKET_BYTES: usize = 128 * 1024;
 /// traffic. The queue grows only as used, so idle sockets do not pay for the bound.
 const SOCKET_BUFFER_PACKETS: usize = 4096;
 
+/// How long an engine.io session may take to connect the namespace (authenticate) once open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long shutdown waits for in-flight writes.
 const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -203,6 +206,8 @@ impl Application {
             .ws_max_frame_size(MAX_PACKET_BYTES)
             // Client packets are small; a smaller read buffer saves ~3 KiB per idle socket.
             .ws_read_buffer_size(1024)
+            // An engine.io session that never connects the namespace is closed then.
+            .connect_timeout(CONNECT_TIMEOUT)
             .build_layer();
         socket::register(&io);
         let router = http::router(state.clone())
@@ -216,11 +221,7 @@ impl Application {
         let stopping = shutdown.clone();
         let drain = state.messaging.drain().clone();
         let listener = listener::ShapedListener(listener);
-        let serving = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<connection::ConnectionKill>(),
-        )
-        .with_graceful_shutdown(async move {
+        let serving = listener::serve(listener, router, async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight
             // reach JetStream and answer, then tell clients we are going so they reconnect
@@ -237,7 +238,7 @@ impl Application {
             tokio::time::sleep(DRAIN_BOUND * 2).await;
         };
         tokio::select! {
-            served = serving => served?,
+            () = serving => {}
             () = bounded => tracing::warn!("connections still open after the shutdown bound"),
         }
         shutdown.cancel();

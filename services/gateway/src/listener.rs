@@ -1,6 +1,11 @@
-//! The gateway's TCP listener. Every accepted connection gets `TCP_NODELAY`, a way to be cut
-//! from above ([`ConnectionKill`]), and the responses hyper writes by itself get the contract's
-//! error shape.
+//! The gateway's TCP listener and HTTP/1.1 server. Every accepted connection gets
+//! `TCP_NODELAY`, a way to be cut from above ([`ConnectionKill`]), a deadline for each request
+//! head, and the responses hyper writes by itself get the contract's error shape.
+//!
+//! The server is hyper's own connection builder rather than `axum::serve`, which gives hyper no
+//! timer, so hyper's header-read timeout never applied: a client trickling its headers, or one
+//! that connected and said nothing, held its connection and descriptor for ever. Here a request
+//! head must arrive within [`HEAD_TIMEOUT`], which also ends a keep-alive connection left idle.
 //!
 //! A socket whose outgoing queue is full must be disconnected (its client then reconnects and
 //! replays from what it really has), but socketioxide's `disconnect` needs a free slot in that
@@ -22,8 +27,9 @@ use std::task::{Context, Poll, ready};
 
 use std::future::Future as _;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -61,10 +67,56 @@ impl axum::serve::Listener for ShapedListener {
     }
 }
 
-impl Connected<IncomingStream<'_, ShapedListener>> for ConnectionKill {
-    fn connect_info(stream: IncomingStream<'_, ShapedListener>) -> Self {
-        stream.io().kill.clone()
+/// How long a client has to send a request's head (and an idle keep-alive connection to start
+/// its next one).
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stopping` resolves (the caller drains there), then lets
+/// each connection finish the request in hand and closes it.
+pub(crate) async fn serve(
+    mut listener: ShapedListener,
+    router: axum::Router,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(true);
+    let connections = tokio_util::task::TaskTracker::new();
+    let closing = tokio_util::sync::CancellationToken::new();
+    tokio::pin!(stopping);
+    loop {
+        let stream = tokio::select! {
+            (stream, _) = axum::serve::Listener::accept(&mut listener) => stream,
+            () = &mut stopping => break,
+        };
+        let kill = stream.kill.clone();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(kill.clone()));
+            tower_service::Service::call(&mut router.clone(), request)
+        });
+        let connection = http
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        let closing = closing.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = closing.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "connection ended");
+            }
+        });
     }
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 fn cut() -> io::Error {
