@@ -39,33 +39,41 @@ impl Membership {
         self.inner.lock()
     }
 
-    /// The conversation's access facts, from memory or Postgres.
+    /// The conversation's access facts, from memory or Postgres. An entry older than [`TTL`]
+    /// is read again, but still serves while Postgres does not answer: a conversation's two
+    /// participants never change, and its close is learnt from NATS (see `follow_closes`).
     pub(crate) async fn get(
         &self,
         store: &Store,
         conversation_id: Uuid,
     ) -> Result<Option<ConversationAccess>, StoreError> {
-        let cached = {
+        let (cached, fresh) = {
             let inner = self.lock();
-            inner
-                .known
-                .get(&conversation_id)
-                .filter(|(_, at)| at.elapsed() < TTL)
-                .map(|(access, _)| access.clone())
-        };
-        let mut access = match cached {
-            Some(access) => access,
-            None => {
-                let Some(access) = store.conversation_access(conversation_id).await? else {
-                    return Ok(None);
-                };
-                let mut inner = self.lock();
-                if inner.known.len() >= CAPACITY {
-                    inner.known.clear();
-                }
-                inner.known.insert(conversation_id, (access.clone(), Instant::now()));
-                access
+            match inner.known.get(&conversation_id) {
+                Some((access, at)) => (Some(access.clone()), at.elapsed() < TTL),
+                None => (None, false),
             }
+        };
+        let mut access = match (cached, fresh) {
+            (Some(access), true) => access,
+            (stale, _) => match store.conversation_access(conversation_id).await {
+                Ok(Some(access)) => {
+                    let mut inner = self.lock();
+                    if inner.known.len() >= CAPACITY {
+                        inner.known.clear();
+                    }
+                    inner.known.insert(conversation_id, (access.clone(), Instant::now()));
+                    access
+                }
+                Ok(None) => return Ok(None),
+                Err(error) => match stale {
+                    Some(access) => {
+                        tracing::debug!(%error, "Postgres away; using the conversation's last known access");
+                        access
+                    }
+                    None => return Err(error),
+                },
+            },
         };
         if self.lock().closed.contains(&conversation_id) {
             access.status = ConversationStatus::Closed;

@@ -66,6 +66,8 @@ const MARK_ATTEMPTS: usize = 8;
 const UNKNOWN_MESSAGE_PATIENCE: Duration = Duration::from_secs(2);
 /// A list's read-mark lookups in the stream in flight at once.
 const OWN_MARK_LOOKUPS: usize = 16;
+/// How long a send waits for Postgres to say whether its `clientMsgId` was stored already.
+const REPEAT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long a send keeps publishing until JetStream acknowledges it: about a leader election's
 /// length, and within the drain bound of a stopping gateway.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(8);
@@ -133,8 +135,7 @@ impl Messaging {
         let id = match &request.client_msg_id {
             Some(client_msg_id) => {
                 let id = ids::message_id_for_client_msg(user.0, request.conversation_id, client_msg_id);
-                // Beyond the stream's duplicate window, the stored row is the memory of the send.
-                if let Some(message) = self.store.message(request.conversation_id, id).await? {
+                if let Some(message) = self.stored_repeat(request.conversation_id, id).await {
                     return Ok(Sent {
                         message,
                         created: false,
@@ -173,6 +174,26 @@ impl Messaging {
             message: event.into_message(ack.sequence),
             created: true,
         })
+    }
+
+    /// The stored message a repeated `clientMsgId` names, if Postgres has it. Beyond the stream's
+    /// duplicate window (two hours), the stored row is the only memory of a send; within it the
+    /// stream's deduplication answers a repeat by itself. So a send asks Postgres briefly and goes
+    /// on without it when it does not answer: sends need only NATS. (A repeat of a send older than
+    /// the window, made while Postgres is away, is stored once, the insert being idempotent on the
+    /// derived id, but takes a second place in the stream.)
+    async fn stored_repeat(&self, conversation_id: Uuid, id: Uuid) -> Option<Message> {
+        match tokio::time::timeout(REPEAT_LOOKUP_TIMEOUT, self.store.message(conversation_id, id)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "repeat lookup failed; the stream's window deduplicates");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("repeat lookup timed out; the stream's window deduplicates");
+                None
+            }
+        }
     }
 
     /// Publishes a message with `Nats-Msg-Id: id` until JetStream acknowledges it, or until

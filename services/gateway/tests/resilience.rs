@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use parley_test_support::{eventually, http};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_nats_server_restarts_the_gateway_and_worker_reconnect_and_resume() {
@@ -178,4 +178,95 @@ async fn senders_retrying_with_their_client_msg_id_through_a_nats_kill_9_get_eac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_without_client_msg_id_through_a_short_nats_outage_are_all_acknowledged_and_stored_once() {
     senders_through_a_nats_kill_9(false, Duration::from_secs(3)).await;
+}
+
+/// Takes the stack's database away from every client (as a stopped Postgres would be, for this
+/// stack alone: the server is shared by the tests running beside it), or gives it back.
+async fn database_reachable(database: &str, reachable: bool) {
+    use sqlx::Connection as _;
+    let admin = std::env::var("PARLEY_TEST_DATABASE_URL").unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    // `database` is the stack's own, named from a UUID: no input reaches these statements.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS {reachable}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    if !reachable {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(database)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_away_sends_with_a_client_msg_id_are_acknowledged_and_repeats_answer_the_original() {
+    let stack = stack(1).await;
+    let project = stack.project("Postgres away").await;
+    let conversation = project.conversation_id();
+    let client = stack.socket(0, project.client()).await;
+    let mut provider = stack.socket(0, project.provider()).await;
+    let first = send(&client, conversation, "before").await;
+    assert_eq!(next_message(&mut provider).await["id"], first["id"]);
+
+    database_reachable(&stack.db.name, false).await;
+    let mut acked = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let away = Instant::now();
+    let mut i = 0;
+    while away.elapsed() < Duration::from_secs(10) {
+        let started = Instant::now();
+        let ack = ask(
+            &client,
+            "message:send",
+            json!({ "conversationId": conversation, "body": format!("while away {i}"), "clientMsgId": format!("away-{i}") }),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(ack["ok"], true, "a send refused with Postgres away: {ack}");
+        acked.push(ack["message"].clone());
+        i += 1;
+    }
+    // A repeat answers the original, id and seq.
+    let repeat = ask(
+        &client,
+        "message:send",
+        json!({ "conversationId": conversation, "body": "while away 0", "clientMsgId": "away-0" }),
+    )
+    .await;
+    assert_eq!(repeat["message"]["id"], acked[0]["id"]);
+    assert_eq!(repeat["message"]["seq"], acked[0]["seq"]);
+    // Live delivery went on: the other party got each once, in order.
+    for message in &acked {
+        assert_eq!(next_message(&mut provider).await["id"], message["id"]);
+    }
+    database_reachable(&stack.db.name, true).await;
+    println!(
+        "{} sends acknowledged during 10 s without Postgres; the slowest took {slowest:?}",
+        acked.len()
+    );
+
+    // Postgres back: the worker stores every message once, in order.
+    let last: uuid::Uuid = acked.last().unwrap()["id"].as_str().unwrap().parse().unwrap();
+    stack.persisted(conversation, last).await;
+    let history = ask(
+        &provider,
+        "conversation:history",
+        json!({ "conversationId": conversation, "limit": 200 }),
+    )
+    .await;
+    let stored: Vec<&Value> = history["messages"].as_array().unwrap().iter().collect();
+    let mut all = vec![&first];
+    all.extend(acked.iter());
+    assert_eq!(stored.len(), all.len().min(200));
+    let expected = &all[all.len() - stored.len()..];
+    let ids = |messages: &[&Value]| messages.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&stored),
+        ids(expected),
+        "the latest page: stored once each, in order"
+    );
 }
