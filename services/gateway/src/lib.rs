@@ -208,6 +208,14 @@ impl Application {
             .ws_read_buffer_size(1024)
             // An engine.io session that never connects the namespace is closed then.
             .connect_timeout(CONNECT_TIMEOUT)
+            // Parley has no binary events: a packet that announces a binary attachment, before
+            // login or after, closes its connection at once instead of having its attachments
+            // buffered (by default up to 10 MB for a minute, per connection).
+            .with_parser(
+                socketioxide::ParserConfig::common()
+                    .max_incoming_binaries(0)
+                    .max_incoming_binary_buf_size(0),
+            )
             .build_layer();
         socket::register(&io);
         let router = http::router(state.clone())

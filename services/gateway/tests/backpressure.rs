@@ -176,3 +176,73 @@ async fn a_socket_that_stops_reading_is_disconnected_and_recovers_every_message_
         replayed.len()
     );
 }
+
+/// Reads a raw websocket until the gateway closes it; returns the text frames it sent.
+async fn until_closed(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Vec<String> {
+    use futures::StreamExt as _;
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the gateway closed the connection")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => texts.push(text.to_string()),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)) | None => return texts,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_packet_announcing_binary_attachments_closes_its_connection_before_login_and_after() {
+    let stack = stack(1).await;
+    let project = stack.project("Binary").await;
+    let addr = stack.gateway(0).addr;
+    let binary_event = r#"451-["message:send",{"_placeholder":true,"num":0}]"#;
+
+    // Before login: an engine.io session that never authenticated.
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let texts = until_closed_after(&mut ws, binary_event).await;
+    // The open packet, then at once engine.io's close ("1") and the end of the connection.
+    assert!(texts[0].starts_with('0'), "{texts:?}");
+    assert_eq!(texts.get(1).map(String::as_str), Some("1"), "closed at once: {texts:?}");
+
+    // After login: an authenticated socket.
+    let socket = stack.socket(0, project.client()).await;
+    socket.emit_raw(binary_event).await.unwrap();
+    let mut socket = socket;
+    let ended = loop {
+        match socket.next_event(WAIT).await {
+            Err(parley_test_support::sio::Error::Disconnected(reason)) => break reason,
+            Err(other) => panic!("the socket was not closed: {other}"),
+            Ok(_) => {}
+        }
+    };
+    println!("after login the socket ended: {ended}");
+    // Nothing was stored for it.
+    let history = parley_test_support::http::get(
+        addr,
+        &format!("/v1/conversations/{}/messages", project.conversation_id()),
+        &token(project.client()),
+    )
+    .await;
+    assert_eq!(history.body["messages"], json!([]));
+}
+
+/// Waits for the engine.io open packet, sends `text`, then reads until the gateway closes.
+async fn until_closed_after(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    text: &str,
+) -> Vec<String> {
+    use futures::{SinkExt as _, StreamExt as _};
+    let open = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    let mut texts = vec![open.to_text().unwrap().to_owned()];
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+    texts.extend(until_closed(ws).await);
+    texts
+}
