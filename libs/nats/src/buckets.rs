@@ -37,11 +37,39 @@ fn config(bucket: &str, description: &str, max_age: Duration, replicas: usize) -
     }
 }
 
+/// Opens the bucket `config` describes, creating or updating it only when it is missing or
+/// differs. As for the streams (see `ensure_streams`): on a cluster that just formed, processes
+/// starting together send identical creates at once and the server answers only one; so a
+/// bucket that is already right is left alone, and a create left unanswered is followed by
+/// waiting for the bucket to appear.
 async fn ensure(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, SetupError> {
     let name = config.bucket.clone();
-    js.create_or_update_key_value(config)
-        .await
-        .map_err(|e| SetupError::Stream { name, source: e.into() })
+    let failed = |source: async_nats::Error| SetupError::Stream {
+        name: name.clone(),
+        source,
+    };
+    if let Ok(stream) = js.get_stream(format!("KV_{name}")).await {
+        let actual = &stream.cached_info().config;
+        let same = actual.num_replicas == config.num_replicas
+            && actual.max_age == config.max_age
+            && actual.max_messages_per_subject == config.history;
+        if same {
+            return js.get_key_value(&name).await.map_err(|e| failed(e.into()));
+        }
+    }
+    match js.create_or_update_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Unanswered, in whichever of its requests (the client wraps a timed-out stream lookup
+        // as a JetStream error): another process's create may be the one being answered.
+        Err(error) => {
+            tracing::warn!(bucket = %name, %error, "creating the bucket got no answer; waiting for it to appear");
+            crate::settle(&format!("bucket {name}"), || async {
+                js.get_key_value(&name).await.ok()
+            })
+            .await
+            .map_err(|_| failed(error.into()))
+        }
+    }
 }
 
 pub async fn presence(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, SetupError> {

@@ -248,7 +248,7 @@ fn create_timed_out(result: Result<(), jetstream::context::CreateStreamError>) -
 }
 
 /// Polls `shows` until it yields, for at most [`SETTLE`].
-async fn settle<T, F, Fut>(what: &str, mut shows: F) -> Result<T, async_nats::Error>
+pub(crate) async fn settle<T, F, Fut>(what: &str, mut shows: F) -> Result<T, async_nats::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -183,7 +183,31 @@ impl NatsCluster {
         }
         let cluster = NatsCluster { dir, nodes };
         cluster.wait_formed().await;
+        cluster.wait_placeable().await;
         cluster
+    }
+
+    /// Waits until the cluster places a stream on all three nodes, by creating and deleting a
+    /// probe: a meta group that is current can still call a peer offline for a moment ("no
+    /// suitable peers for placement"), which processes retry through but a test of their start
+    /// should not count against them.
+    async fn wait_placeable(&self) {
+        let js = async_nats::jetstream::new(self.client().await);
+        let probe = async_nats::jetstream::stream::Config {
+            name: "PARLEY_TEST_PLACEMENT_PROBE".into(),
+            subjects: vec!["parley-test.placement-probe".into()],
+            num_replicas: NODES,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        while js.create_stream(probe.clone()).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster did not place a stream on {NODES} nodes within {CLUSTER_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        js.delete_stream(&probe.name).await.expect("delete the placement probe");
     }
 
     /// `NATS_URL` for the services: the three client URLs, comma-separated.
