@@ -7,14 +7,15 @@
 //!
 //! The modules come in three layers, and imports only run downwards:
 //! - transport: [`socket`] (Socket.IO events) and [`http`] (axum routes) read a typed payload
-//!   from [`api`], call one operation and answer;
-//! - live delivery: [`subscriptions`] (join, leave, typing), [`replay`], [`fanout`], [`typing`]
-//!   and [`presence`], on the per-socket [`session`], the [`wire`] shape of `message:new` and the
-//!   [`rooms`];
-//! - operations: [`messaging`] (with [`membership`], [`recent`] and [`drain`]) and [`auth`], the
-//!   only way to Postgres and to the chat stream.
+//!   from [`api`], call one operation and answer; [`listener`] serves the connections;
+//! - live delivery: [`subscriptions`] (join, leave, typing), [`replay`], [`fanout`], [`typing`],
+//!   [`presence`] and [`lifetimes`] (a socket ends with its token), on the per-socket
+//!   [`session`], the [`wire`] shape of `message:new` and the [`rooms`];
+//! - operations: [`messaging`] (with [`membership`], [`recent`], [`drain`] and [`limits`]),
+//!   [`transcripts`] and [`auth`], the only way to Postgres and to the chat stream.
 //!
-//! [`error`] and [`config`] sit beneath all three.
+//! [`error`], [`config`] and [`connection`] (what is done with a socket that cannot keep up) sit
+//! beneath all three.
 
 mod api;
 mod auth;
