@@ -20,13 +20,11 @@
 //! 400, 414 or 431 status line whose whole head declares `content-length: 0`: the gateway's own
 //! refusals always have a body) and writes them with the contract's body instead.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-
-use std::future::Future as _;
-
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -36,7 +34,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::connection::ConnectionKill;
 
-/// Accepts connections for `axum::serve`.
+/// Accepts connections for [`serve`], each wrapped in a [`ShapedStream`].
 pub(crate) struct ShapedListener(pub(crate) TcpListener);
 
 impl axum::serve::Listener for ShapedListener {
