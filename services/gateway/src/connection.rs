@@ -31,13 +31,17 @@ impl ConnectionKill {
     }
 }
 
-/// Whether an emit failed because the socket's queue is full (rather than because it is gone).
-pub(crate) fn queue_full(error: &SendError) -> bool {
-    matches!(error, SendError::Socket(socketioxide::SocketError::InternalChannelFull))
+/// Applies the rule to what an emit (or an ack) to `socket` returned: a socket whose queue was
+/// full is disconnected. The result is passed on for the caller's own counting.
+pub(crate) fn checked(socket: &SocketRef, sent: Result<(), SendError>) -> Result<(), SendError> {
+    if let Err(SendError::Socket(socketioxide::SocketError::InternalChannelFull)) = &sent {
+        drop_slow(socket);
+    }
+    sent
 }
 
 /// Ends `socket`'s connection because it cannot take what it is sent.
-pub(crate) fn drop_slow(socket: &SocketRef) {
+fn drop_slow(socket: &SocketRef) {
     metrics::counter!("parley_gateway_slow_sockets_total").increment(1);
     tracing::debug!(sid = %socket.id, "socket queue full; disconnecting it");
     match socket.req_parts().extensions.get::<ConnectInfo<ConnectionKill>>() {

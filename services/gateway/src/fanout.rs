@@ -166,14 +166,10 @@ fn emit_live_encoded(socket: &SocketRef, message: &Message, encoded: &RawValue) 
 }
 
 fn counted(socket: &SocketRef, sent: Result<(), socketioxide::SendError>, message: &Message) {
-    match sent {
-        Ok(()) => {
-            metrics::counter!("parley_gateway_fanout_deliveries_total").increment(1);
-            let latency = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
-            metrics::histogram!("parley_gateway_delivery_latency_seconds").record(latency.as_secs_f64());
-        }
-        Err(error) if connection::queue_full(&error) => connection::drop_slow(socket),
-        Err(_) => {}
+    if connection::checked(socket, sent).is_ok() {
+        metrics::counter!("parley_gateway_fanout_deliveries_total").increment(1);
+        let latency = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
+        metrics::histogram!("parley_gateway_delivery_latency_seconds").record(latency.as_secs_f64());
     }
 }
 

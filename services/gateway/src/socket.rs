@@ -137,10 +137,8 @@ async fn respond<T: Serialize>(
             ack.send(&error.ack())
         }
     };
-    match sent {
-        Err(error) if connection::queue_full(&error) => connection::drop_slow(socket),
-        Err(error) => tracing::debug!(%error, "ack not delivered"),
-        Ok(()) => {}
+    if let Err(error) = connection::checked(socket, sent) {
+        tracing::debug!(%error, "ack not delivered");
     }
 }
 
