@@ -86,10 +86,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/transcript-keys", get(transcript_keys))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route(
-            "/metrics",
-            get(|| async { parley_service::telemetry::metrics().render() }),
-        )
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::Refused(parley_domain::error::Refusal::new(
                 parley_domain::ErrorCode::NotFound,
@@ -241,13 +238,27 @@ async fn transcript_keys(State(state): State<AppState>) -> Json<TranscriptKeysRe
     })
 }
 
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// Whether NATS and Postgres answer now.
+async fn readiness(state: &AppState) -> (bool, bool) {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let postgres = state.messaging.store_ready().await;
+    (nats, postgres)
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (nats, postgres) = readiness(&state).await;
     let status = if nats && postgres {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(json!({ "nats": nats, "postgres": postgres })))
+}
+
+/// `GET /metrics`: Prometheus text, with `parley_gateway_ready` (1 or 0, what `/readyz` would
+/// answer) taken at the scrape, so an alert sees a gateway that is up but cannot serve.
+async fn metrics(State(state): State<AppState>) -> String {
+    let (nats, postgres) = readiness(&state).await;
+    metrics::gauge!("parley_gateway_ready").set(if nats && postgres { 1.0 } else { 0.0 });
+    parley_service::telemetry::metrics().render()
 }

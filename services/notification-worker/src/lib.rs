@@ -126,7 +126,13 @@ impl Application {
             .await
             .context("NATS_URL")?;
         let mailer = match &config.smtp_url {
-            Some(url) => Some(email::Mailer::new(url, config.email_from.clone()).context("PARLEY_SMTP_URL")?),
+            Some(url) => {
+                // Both email counters exist from the start, at zero: an alert on failures
+                // "unless some were sent" must see the sends' series even before the first one.
+                metrics::counter!("parley_emails_sent_total").increment(0);
+                metrics::counter!("parley_emails_failed_total").increment(0);
+                Some(email::Mailer::new(url, config.email_from.clone()).context("PARLEY_SMTP_URL")?)
+            }
             None => None,
         };
         let admin = AdminListener::bind(config.admin_listen).await?;
