@@ -9,7 +9,7 @@
 #
 # Exports: PARLEY_ROOT; after parley_ensure_postgres PARLEY_PG_BIN_DIR; after parley_ensure_nats
 # PARLEY_NATS_SERVER_BIN; after parley_ensure_py_test_deps PARLEY_TEST_PY and
-# PARLEY_TEST_PYTHONPATH (tests/compose).
+# PARLEY_TEST_PYTHONPATH (tests/compose); after parley_ensure_chromium PARLEY_CHROMIUM.
 
 PARLEY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PARLEY_ROOT
@@ -240,6 +240,27 @@ parley_ensure_py_test_deps() {
   fi
   _parley_py_test_deps_ok "$PARLEY_TEST_PY" "$PARLEY_TEST_PYTHONPATH" \
     || { parley_log "installed ${PARLEY_PY_TEST_REQUIREMENTS[*]}, but $PARLEY_TEST_PY cannot import them"; return 1; }
+}
+
+# ---------------------------------------------------------------- Chromium
+
+# Finds (or installs) Debian's Chromium for the browser tests (clients/web/test) and exports
+# PARLEY_CHROMIUM. A PARLEY_CHROMIUM given by the caller wins. Nothing else may fetch a browser:
+# the tests drive this one with playwright-core. Returns non-zero, after saying why, when it
+# cannot: the browser step then fails and the other steps still run.
+parley_ensure_chromium() {
+  local bin="${PARLEY_CHROMIUM:-}"
+  if [[ -z "$bin" || ! -x "$bin" ]]; then
+    bin="$(command -v chromium || true)"
+  fi
+  if [[ -z "$bin" ]]; then
+    _parley_apt_install chromium || { parley_log "could not install Debian's chromium package"; return 1; }
+    bin="$(command -v chromium || true)"
+    [[ -n "$bin" ]] || { parley_log "chromium installed, but no chromium on PATH"; return 1; }
+  fi
+  PARLEY_CHROMIUM="$bin"
+  export PARLEY_CHROMIUM
+  parley_log "chromium: $("$bin" --version 2>/dev/null || echo '(version unknown)') ($bin)"
 }
 
 # ---------------------------------------------------------------- handing over
