@@ -169,25 +169,54 @@ impl Store {
     }
 
     /// Writes one batch in one transaction: its messages, then its read-mark moves, committed
-    /// only once `before_commit` resolves. The caller uses that to commit batches in stream
-    /// order while the next batch's rows are already being written. See [`Store::insert_messages`]
-    /// and [`Store::apply_read_marks`] for what each part does.
+    /// only once `before_commit` resolves. See [`Store::write_batch_continuing`], of which this
+    /// is the case of a writer that predicts nothing.
     pub async fn write_batch(
         &self,
         rows: &[MessageRow],
         reads: &[ReadMarkRow],
         before_commit: impl std::future::Future<Output = ()>,
     ) -> Result<BatchWritten, StoreError> {
+        self.write_batch_continuing(rows, reads, Heads::default(), |_| before_commit)
+            .await
+    }
+
+    /// Writes one batch in one transaction: its messages, then its read-mark moves, committed
+    /// only once the future `before_commit` returns resolves. The caller uses that to commit
+    /// batches in stream order while the next batch's rows are already being written. See
+    /// [`Store::insert_messages`] and [`Store::apply_read_marks`] for what each part does.
+    ///
+    /// `predicted` are the heads the writer expects its conversations to have: those its own
+    /// previous batch left, handed on before that batch committed. When every conversation of
+    /// the batch's messages is predicted, the messages are linked onto the prediction and copied
+    /// *before* the conversations' rows are locked, so that this `COPY` runs while the previous
+    /// batch commits (the lock waits for that commit); the prediction is then checked under the
+    /// lock, and a wrong one (the previous batch failed, another worker appended) is undone to a
+    /// savepoint and the messages written again onto the heads as locked. Either way nothing is
+    /// chained but onto the locked heads. `before_commit` receives `predicted` brought up to
+    /// date with every head this batch locked, for the next batch to predict from.
+    pub async fn write_batch_continuing<F, Fut>(
+        &self,
+        rows: &[MessageRow],
+        reads: &[ReadMarkRow],
+        mut predicted: Heads,
+        before_commit: F,
+    ) -> Result<BatchWritten, StoreError>
+    where
+        F: FnOnce(Heads) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut tx = self.pool.begin().await?;
-        let conversations = rows
+        let conversations: Vec<Uuid> = rows
             .iter()
             .map(|r| r.conversation_id)
-            .chain(reads.iter().map(|r| r.conversation_id));
-        let mut heads = Heads::lock(&mut tx, conversations).await?;
-        let inserted = insert_messages_in(&mut tx, rows, &mut heads).await?;
+            .chain(reads.iter().map(|r| r.conversation_id))
+            .collect();
+        let (inserted, mut heads) = insert_messages_continuing(&mut tx, rows, &conversations, &predicted).await?;
         let moved = apply_read_marks_on(&mut tx, reads, &mut heads).await?;
         heads.save(&mut tx).await?;
-        before_commit.await;
+        predicted.remember(&heads);
+        before_commit(predicted).await;
         tx.commit().await?;
         Ok(BatchWritten { inserted, moved })
     }
@@ -237,10 +266,11 @@ async fn insert_messages_in(
     let mut attempt = tx.begin().await?;
     let mut linked = heads.clone();
     let links = linked.link_messages(rows);
-    match copy_new_messages(&mut attempt, rows, &links).await {
+    match copy_rows(&mut attempt, rows, &links).await {
         Ok(inserted) => {
             attempt.commit().await?;
             *heads = linked;
+            finish_messages(tx, rows).await?;
             Ok(inserted)
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -251,8 +281,67 @@ async fn insert_messages_in(
     }
 }
 
-/// `COPY`s rows that must all be new, then moves each conversation's last message forward.
-async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow], links: &[Link]) -> Result<u64, sqlx::Error> {
+/// Locks the batch's conversations and writes its messages onto their heads: on the heads as
+/// locked, or, when every conversation of the messages is in `predicted`, copied first onto the
+/// predicted heads and kept if the lock finds the same (see [`Store::write_batch_continuing`]).
+/// A wrong prediction is undone to a savepoint, which also releases the row locks taken inside
+/// it, so the conversations are locked again before the messages are written as usual.
+/// Returns how many rows were new and the heads as they now are.
+async fn insert_messages_continuing(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[MessageRow],
+    conversations: &[Uuid],
+    predicted: &Heads,
+) -> Result<(u64, Heads), sqlx::Error> {
+    let mut base = Heads::default();
+    for row in rows {
+        match predicted.0.get(&row.conversation_id) {
+            Some(head) => base.0.insert(row.conversation_id, head.unchanged()),
+            None => {
+                base.0.clear();
+                break;
+            }
+        };
+    }
+    let mut duplicate = false;
+    if !base.0.is_empty() {
+        let mut linked = base.clone();
+        let links = linked.link_messages(rows);
+        let mut attempt = tx.begin().await?;
+        match copy_rows(&mut attempt, rows, &links).await {
+            Ok(inserted) => {
+                let mut locked = Heads::lock(&mut attempt, conversations).await?;
+                if base
+                    .0
+                    .iter()
+                    .all(|(id, head)| locked.0.get(id).is_some_and(|l| l.same_place(head)))
+                {
+                    attempt.commit().await?;
+                    locked.0.extend(linked.0);
+                    finish_messages(tx, rows).await?;
+                    return Ok((inserted, locked));
+                }
+                attempt.rollback().await?;
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                attempt.rollback().await?;
+                duplicate = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut heads = Heads::lock(tx, conversations).await?;
+    let inserted = if duplicate {
+        // The rows are linked only once it is known which of them are new.
+        insert_messages_idempotently(tx, rows, &mut heads).await?
+    } else {
+        insert_messages_in(tx, rows, &mut heads).await?
+    };
+    Ok((inserted, heads))
+}
+
+/// `COPY`s rows that must all be new.
+async fn copy_rows(conn: &mut PgConnection, rows: &[MessageRow], links: &[Link]) -> Result<u64, sqlx::Error> {
     let mut copy = conn
         .copy_in_raw(
             "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash) \
@@ -260,10 +349,14 @@ async fn copy_new_messages(conn: &mut PgConnection, rows: &[MessageRow], links: 
         )
         .await?;
     copy.send(messages_copy_text(rows, links)).await?;
-    let inserted = copy.finish().await?;
+    copy.finish().await
+}
+
+/// What storing new messages changes beyond their rows: each conversation's last message and
+/// the recipients' unread counts.
+async fn finish_messages(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<(), sqlx::Error> {
     move_last_messages(conn, rows).await?;
-    add_unread(conn, rows).await?;
-    Ok(inserted)
+    add_unread(conn, rows).await
 }
 
 /// The same write for a batch that may hold rows already there. The conversations' rows are
@@ -323,8 +416,7 @@ async fn insert_messages_idempotently(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    move_last_messages(conn, &new_rows).await?;
-    add_unread(conn, &new_rows).await?;
+    finish_messages(conn, &new_rows).await?;
     Ok(inserted)
 }
 
@@ -569,6 +661,16 @@ impl ChainHead {
             changed: false,
         }
     }
+
+    /// Whether both stand at the same place of the chain.
+    fn same_place(&self, other: &ChainHead) -> bool {
+        self.size == other.size && self.hash == other.hash
+    }
+
+    /// The same place in the chain, not appended to.
+    fn unchanged(self) -> Self {
+        Self { changed: false, ..self }
+    }
 }
 
 /// The heads of the conversations one transaction appends to. [`Heads::lock`] reads them with
@@ -580,9 +682,12 @@ pub struct Heads(pub HashMap<Uuid, ChainHead>);
 impl Heads {
     /// Locks the conversations' rows, in id order (so two transactions locking overlapping sets
     /// never wait on each other in a cycle), and reads their heads. Every later statement of the
-    /// transaction that touches these conversations runs under these locks.
-    async fn lock(conn: &mut PgConnection, conversations: impl Iterator<Item = Uuid>) -> Result<Self, sqlx::Error> {
-        let mut ids: Vec<Uuid> = conversations.collect();
+    /// transaction that touches these conversations runs under these locks. `FOR NO KEY UPDATE`,
+    /// the lock an `UPDATE` of these rows takes anyway: it excludes every other writer of the
+    /// heads, yet lets another transaction's insert of messages check its foreign key (`FOR KEY
+    /// SHARE`) meanwhile, which a predicted batch's `COPY` does while this one commits.
+    async fn lock(conn: &mut PgConnection, conversations: &[Uuid]) -> Result<Self, sqlx::Error> {
+        let mut ids: Vec<Uuid> = conversations.to_vec();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
@@ -590,7 +695,7 @@ impl Heads {
         }
         let rows = sqlx::query!(
             r#"SELECT id, transcript_size, transcript_head FROM conversations
-                WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
+                WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"#,
             &ids,
         )
         .fetch_all(&mut *conn)
@@ -600,6 +705,18 @@ impl Heads {
                 .map(|r| (r.id, ChainHead::stored(r.transcript_size, r.transcript_head.as_deref())))
                 .collect(),
         ))
+    }
+
+    /// Conversations a writer remembers before its memory starts over.
+    const REMEMBERED: usize = 100_000;
+
+    /// Takes the heads of `later` (a batch's, as it leaves them) over these, for the next batch
+    /// to predict from. Past [`Heads::REMEMBERED`] conversations it keeps only `later`'s.
+    pub fn remember(&mut self, later: &Heads) {
+        if self.0.len() + later.0.len() > Self::REMEMBERED {
+            self.0.clear();
+        }
+        self.0.extend(later.0.iter().map(|(id, head)| (*id, head.unchanged())));
     }
 
     /// Chains `entry` onto its conversation's head.

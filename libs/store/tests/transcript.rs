@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use parley_events::ProjectClosed;
-use parley_store::{MessageRow, ReadMarkRow, Store};
+use parley_store::{Heads, MessageRow, ReadMarkRow, Store};
 use parley_test_support::{ProjectFixture, TestDatabase};
 use sqlx::Connection as _;
 use uuid::Uuid;
@@ -122,6 +122,8 @@ async fn concurrent_overlapping_batches_never_fork_skip_or_double_an_entry() {
     }
     // Eight writers, each with overlapping batches over all three conversations (so some land
     // on COPY, some on the fallback, and each locks several conversations), plus read marks.
+    // Each predicts the heads its own previous batch left, so most predictions are wrong (the
+    // others appended meanwhile) and some batches copy onto a prediction that holds.
     let mut tasks = Vec::new();
     for writer in 0..8i64 {
         let store = Store::connect_lazy(&db.url, 2).unwrap();
@@ -144,9 +146,17 @@ async fn concurrent_overlapping_batches_never_fork_skip_or_double_an_entry() {
             })
             .collect();
         tasks.push(tokio::spawn(async move {
+            let mut predicted = Heads::default();
             for (mut rows, reads) in batches {
                 rows.sort_by_key(|r| r.seq);
-                store.write_batch(&rows, &reads, std::future::ready(())).await.unwrap();
+                let (left, handed_on) = tokio::sync::oneshot::channel();
+                store
+                    .write_batch_continuing(&rows, &reads, predicted, |heads| async move {
+                        left.send(heads).unwrap();
+                    })
+                    .await
+                    .unwrap();
+                predicted = handed_on.await.unwrap();
             }
         }));
     }
@@ -160,6 +170,9 @@ async fn concurrent_overlapping_batches_never_fork_skip_or_double_an_entry() {
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), messages.len(), "a message stored twice");
+        let mut places: Vec<i64> = messages.iter().map(|(_, n)| *n).collect();
+        places.dedup();
+        assert_eq!(places.len(), messages.len(), "two messages at one place of the chain");
         let reads: i64 =
             sqlx::query_scalar("SELECT count(*) FROM transcript_entries WHERE conversation_id = $1 AND kind = 'read'")
                 .bind(conversation)
@@ -169,6 +182,56 @@ async fn concurrent_overlapping_batches_never_fork_skip_or_double_an_entry() {
         assert!(reads >= 1);
         assert_matches(&store, conversation, 1 + messages.len() as u64 + reads as u64).await;
     }
+}
+
+/// Writes `rows` onto the heads `predicted` says, and returns the heads the batch hands on.
+async fn write_predicted(store: &Store, rows: &[MessageRow], predicted: Heads) -> (u64, Heads) {
+    let (left, handed_on) = tokio::sync::oneshot::channel();
+    let written = store
+        .write_batch_continuing(rows, &[], predicted, |heads| async move {
+            left.send(heads).unwrap();
+        })
+        .await
+        .unwrap();
+    (written.inserted, handed_on.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_copied_onto_a_stale_prediction_is_chained_after_what_others_appended() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let project = ProjectFixture::new("Predicted");
+    let conversation = project.conversation_id();
+    store.apply_project_started(&project.event).await.unwrap();
+
+    // One writer's batches, each predicting from the one before: the prediction holds.
+    let (_, predicted) = write_predicted(&store, &[row(&project, 1), row(&project, 2)], Heads::default()).await;
+    let (inserted, stale) = write_predicted(&store, &[row(&project, 3)], predicted).await;
+    assert_eq!(inserted, 1);
+    assert_matches(&store, conversation, 4).await;
+
+    // Another writer appends; the first still predicts the heads it left.
+    store
+        .insert_messages(&[row(&project, 4), row(&project, 5)])
+        .await
+        .unwrap();
+    let (inserted, handed_on) = write_predicted(&store, &[row(&project, 6), row(&project, 7)], stale).await;
+    assert_eq!(inserted, 2);
+    assert_matches(&store, conversation, 8).await;
+    assert_eq!(
+        chained_messages(&store, conversation).await,
+        [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)]
+    );
+    // What it hands on is the chain as it now stands.
+    let header = store.transcript_header(conversation).await.unwrap().unwrap();
+    let head = handed_on.0[&conversation];
+    assert_eq!((head.size, head.hash), (header.size, header.head));
+
+    // A redelivery copied onto a right prediction: nothing doubled, the new row chained once.
+    let (inserted, _) = write_predicted(&store, &[row(&project, 7), row(&project, 8)], handed_on).await;
+    assert_eq!(inserted, 1);
+    assert_matches(&store, conversation, 9).await;
+    assert_eq!(chained_messages(&store, conversation).await.last(), Some(&(8, 8)));
 }
 
 #[tokio::test]
@@ -249,11 +312,12 @@ async fn the_migration_chains_existing_history_as_the_worker_would_and_writes_co
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let migrations: Vec<&str> = parley_store::MIGRATOR.iter().map(|m| m.sql.as_ref()).collect();
-    let (transcripts, before) = migrations.split_last().unwrap();
-    assert!(
-        transcripts.contains("transcript_entries"),
-        "the transcript migration is the last one"
-    );
+    let at = migrations
+        .iter()
+        .position(|sql| sql.contains("CREATE TABLE transcript_entries"))
+        .expect("a migration creates the transcript entries");
+    let (before, from) = migrations.split_at(at);
+    let (transcripts, after) = from.split_first().unwrap();
     for sql in before {
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
             .execute(&mut conn)
@@ -310,10 +374,12 @@ async fn the_migration_chains_existing_history_as_the_worker_would_and_writes_co
             .unwrap();
         }
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(*transcripts))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    for sql in std::iter::once(transcripts).chain(after) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
     conn.close().await.unwrap();
 
     let store = Store::connect_lazy(&url, 2).unwrap();

@@ -18,7 +18,7 @@ use parley_domain::validation::validate_body;
 use parley_events::subjects::{ConversationSubject, parse_conversation_subject};
 use parley_events::{MessagePosted, ReadMarked};
 use parley_nats::consume::{Disposition, Settler};
-use parley_store::{BatchWritten, MessageRow, ReadMarkRow, Store, StoreError};
+use parley_store::{BatchWritten, Heads, MessageRow, ReadMarkRow, Store, StoreError};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -116,13 +116,18 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// A batch starts its statements once the previous one has run all of its own, and commits
 /// once the previous one has committed. Starting earlier could deadlock: this batch could lock
 /// a conversation row the previous one still has to update, and then wait for its commit.
+///
+/// The previous batch also hands on the transcript heads it leaves (with those it was handed),
+/// so that this batch can copy its messages onto them while that batch commits, rather than
+/// wait for the commit to lock and read them (see `Store::write_batch_continuing`).
 struct WriteTurn {
-    /// Resolves (or fails, if that batch gave up) once the previous batch ran its statements.
-    may_write: Option<oneshot::Receiver<()>>,
+    /// Resolves with the heads the previous batch leaves once it ran its statements (or fails,
+    /// if that batch gave up).
+    may_write: Option<oneshot::Receiver<Heads>>,
     /// Resolves (or fails, if that batch gave up) once the previous batch has committed.
     may_commit: Option<oneshot::Receiver<()>>,
-    /// Tells the next batch this one ran its statements (or gave up).
-    wrote: oneshot::Sender<()>,
+    /// Tells the next batch this one ran its statements (or gave up), with the heads it leaves.
+    wrote: oneshot::Sender<Heads>,
     /// Tells the next batch this one has committed (or given up).
     committed: oneshot::Sender<()>,
 }
@@ -130,8 +135,8 @@ struct WriteTurn {
 impl WriteTurn {
     /// The first batch's turn, and what the next batch's turn will wait for.
     fn chain(
-        previous: Option<(oneshot::Receiver<()>, oneshot::Receiver<()>)>,
-    ) -> (WriteTurn, (oneshot::Receiver<()>, oneshot::Receiver<()>)) {
+        previous: Option<(oneshot::Receiver<Heads>, oneshot::Receiver<()>)>,
+    ) -> (WriteTurn, (oneshot::Receiver<Heads>, oneshot::Receiver<()>)) {
         let (wrote, next_may_write) = oneshot::channel();
         let (committed, next_may_commit) = oneshot::channel();
         let (may_write, may_commit) = previous.map_or((None, None), |(w, c)| (Some(w), Some(c)));
@@ -318,17 +323,21 @@ async fn process_batch(
     rows.sort_unstable_by_key(|row| row.seq);
     let committing = std::time::Instant::now();
     // The rows are written while the previous batch commits; this one commits after it.
-    if let Some(previous) = turn.may_write {
-        let _ = previous.await;
-    }
+    // A batch that gave up hands on nothing: this one then reads its heads under the lock.
+    let predicted = match turn.may_write {
+        Some(previous) => previous.await.unwrap_or_default(),
+        None => Heads::default(),
+    };
     let (wrote, may_commit) = (turn.wrote, turn.may_commit);
-    let before_commit = async move {
-        let _ = wrote.send(());
+    let before_commit = |heads| async move {
+        let _ = wrote.send(heads);
         if let Some(previous) = may_commit {
             let _ = previous.await;
         }
     };
-    let written = store.write_batch(&rows, &reads, before_commit).await;
+    let written = store
+        .write_batch_continuing(&rows, &reads, predicted, before_commit)
+        .await;
     // Sent on failure too: the next batch then goes on (this one comes back later, redelivered).
     let _ = turn.committed.send(());
     let totals = match written {
