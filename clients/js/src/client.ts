@@ -556,6 +556,14 @@ export class ParleyClient extends Emitter<ParleyClientEvents> {
     this.#deliver(state, message);
   }
 
+  /** No event says a conversation closed; a refused send does (the list says so after a reconnect too). */
+  #markClosed(conversationId: string): void {
+    const state = this.#conversations.get(conversationId);
+    if (!state?.summary || state.summary.status === "closed") return;
+    state.summary.status = "closed";
+    this.emit("conversation", this.#view(state) as Conversation);
+  }
+
   /** Pages of history, as stored (not delivered through `message`): for scrolling back. */
   async history(
     conversationId: string,
@@ -773,6 +781,7 @@ export class ParleyClient extends Emitter<ParleyClientEvents> {
             continue;
           }
           if (error.code === "disconnected") break; // again after the reconnect
+          if (error.code === "conversation_closed") this.#markClosed(entry.conversationId);
           this.#settle(entry);
           const pending = this.#pending.get(entry.clientMsgId);
           this.#pending.delete(entry.clientMsgId);

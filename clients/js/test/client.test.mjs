@@ -278,6 +278,7 @@ describe("ParleyClient", () => {
       return true;
     });
     assert.deepEqual(a.outbox(), []);
+    assert.equal(a.conversation(conversationId).status, "closed");
   });
 
   test("a token function gives a fresh token when the old one expires and the gateway disconnects", async () => {
