@@ -4,8 +4,15 @@
 //! demo project published as the marketplace would, two tokens, copy-paste examples, and
 //! `.parley/dev/env` for another shell. Ctrl-C stops the services, then NATS, then Postgres.
 //!
+//! It also builds `@parley/client` (clients/js, `npm ci` when its packages are missing) and starts
+//! the web chat's server (clients/web/server.mjs: the page, plus a same-origin proxy to the
+//! gateway, which has no CORS and serves no files), and prints one address that opens the chat
+//! as Alice, the tokens in its fragment; the page links to Bob in another tab. A newcomer chats
+//! with themselves within the first minute. Without Node or npm the stack still runs, without the
+//! chat.
+//!
 //! Environment (all optional): `PARLEY_PG_PORT` (5432), `PARLEY_NATS_PORT` (4222),
-//! `PARLEY_HTTP_PORT` (8080) — a default that is taken becomes a free port, an explicit one must
+//! `PARLEY_HTTP_PORT` (8080), `PARLEY_WEB_PORT` (8090, the chat) — a default that is taken becomes a free port, an explicit one must
 //! be free; `PARLEY_JWT_SECRET` (default: a random one kept in `.parley/dev/jwt-secret`);
 //! `PARLEY_TRANSCRIPT_KEY` (default: a random seed kept in `.parley/dev/transcript-key`);
 //! `RUST_LOG` (info).
@@ -81,6 +88,7 @@ pub async fn run(ctx: &Ctx, signals: &Signals) -> anyhow::Result<u8> {
     for service in SERVICES {
         kill_pidfile(&run_dir.join(format!("{service}.pid")), service);
     }
+    kill_pidfile(&run_dir.join("web.pid"), "server.mjs");
     kill_pidfile(&dev.join("nats/nats.pid"), "nats-server");
     stop_stale(&pg_bin, &dev.join("pg"))?;
 
@@ -233,7 +241,19 @@ pub async fn run(ctx: &Ctx, signals: &Signals) -> anyhow::Result<u8> {
         ));
     }
 
+    let chat_url = match start_chat(ctx, signals, &mut stack, &run_dir, &logs, &base_url).await {
+        Ok(Chat::Started(url)) => Some(format!("{url}#token={alice_token}&peer={bob_token}")),
+        Ok(Chat::Interrupted(code)) => return Ok(code),
+        Err(error) => {
+            log(format!(
+                "WARNING: the web chat did not start ({error:#}); the stack runs without it"
+            ));
+            None
+        }
+    };
+
     let demo = Demo {
+        chat_url,
         base_url,
         nats_url,
         database_url,
@@ -258,8 +278,89 @@ pub async fn run(ctx: &Ctx, signals: &Signals) -> anyhow::Result<u8> {
     }
 }
 
+/// How starting the chat ended.
+enum Chat {
+    /// Its server listens at this address (`http://127.0.0.1:PORT/`).
+    Started(String),
+    Interrupted(u8),
+}
+
+/// Builds clients/js and starts clients/web/server.mjs in front of the gateway, as one of the
+/// stack's services (stopped and watched with them).
+async fn start_chat(
+    ctx: &Ctx,
+    signals: &Signals,
+    stack: &mut Stack,
+    run_dir: &Path,
+    logs: &Path,
+    base_url: &str,
+) -> anyhow::Result<Chat> {
+    let client = ctx.root.join("clients/js");
+    let server = ctx.root.join("clients/web/server.mjs");
+    anyhow::ensure!(server.is_file(), "{} is missing", server.display());
+    for tool in ["node", "npm"] {
+        let found = tokio::process::Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|status| status.success());
+        anyhow::ensure!(found, "{tool} is not installed");
+    }
+    let npm = |args: &[&str]| {
+        let mut command = tokio::process::Command::new("npm");
+        command.args(args).current_dir(&client);
+        command
+    };
+    let installed = ["socket.io-client", "typescript"]
+        .iter()
+        .all(|package| client.join("node_modules").join(package).join("package.json").is_file());
+    let mut commands = Vec::new();
+    if !installed {
+        commands.push(("npm ci", npm(&["ci", "--no-audit", "--no-fund"])));
+    }
+    commands.push(("npm run build", npm(&["run", "--silent", "build"])));
+    for (name, command) in commands {
+        eprintln!("\n========== clients/js: {name} ==========");
+        match run_foreground(command, signals).await? {
+            Outcome::Exited(status) if status.success() => {}
+            Outcome::Exited(_) => bail!("`{name}` in clients/js failed"),
+            Outcome::Interrupted(code) => return Ok(Chat::Interrupted(code)),
+        }
+    }
+
+    let port = choose_port("PARLEY_WEB_PORT", 8090, "web chat")?;
+    let log_file = logs.join("web.log");
+    log(format!(
+        "starting the web chat on 127.0.0.1:{port} (log {})",
+        log_file.display()
+    ));
+    let mut process = ProcessBuilder::new("node")
+        .name("web chat")
+        .arg(&server)
+        .args([
+            "--gateway",
+            base_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .log_file(&log_file)
+        .own_process_group()
+        .spawn()?;
+    write_pidfile(&mut stack.pidfiles, &run_dir.join("web.pid"), &process)?;
+    let ready = process.wait_for_port_async(port, Duration::from_secs(30)).await;
+    stack.services.push(process);
+    ready?;
+    Ok(Chat::Started(format!("http://127.0.0.1:{port}/")))
+}
+
 /// What the examples are made of.
 struct Demo {
+    /// The chat as Alice (tokens in the fragment), when it started.
+    chat_url: Option<String>,
     base_url: String,
     nats_url: String,
     database_url: String,
@@ -272,6 +373,7 @@ impl Demo {
     /// `.parley/dev/env`, to `source` in another shell.
     fn env_file(&self) -> String {
         let Demo {
+            chat_url,
             base_url,
             nats_url,
             database_url,
@@ -288,7 +390,9 @@ impl Demo {
              export ALICE_ID='{ALICE_ID}'\n\
              export BOB_ID='{BOB_ID}'\n\
              export ALICE_TOKEN='{alice_token}'\n\
-             export BOB_TOKEN='{bob_token}'\n"
+             export BOB_TOKEN='{bob_token}'\n\
+             export PARLEY_CHAT_URL='{}'\n",
+            chat_url.as_deref().unwrap_or_default()
         )
     }
 
@@ -330,6 +434,7 @@ socket.on("connect", async () => {{
 
     fn banner(&self) -> String {
         let Demo {
+            chat_url,
             base_url,
             nats_url,
             database_url,
@@ -368,9 +473,17 @@ curl -sS '{base_url}/v1/conversations' -H 'Authorization: Bearer {bob_token}'
 # Socket.IO (Node), saved as .parley/dev/demo-client.mjs:
 #   cd .parley/dev && npm install --no-save socket.io-client && node demo-client.mjs
 {}
+{}
 Press Ctrl-C to stop everything.
 "#,
-            self.client_code()
+            self.client_code(),
+            match chat_url {
+                Some(url) => format!(
+                    "Chat         {url}\n             \
+                     ^ open it in a browser: you are Alice; the page links to Bob in another tab\n"
+                ),
+                None => "Chat         not started (see the WARNING above)\n".to_owned(),
+            }
         )
     }
 }
@@ -609,8 +722,9 @@ mod tests {
     }
 
     #[test]
-    fn the_banner_ends_with_the_client_code_and_the_hint() {
+    fn the_banner_ends_with_the_client_code_the_chat_and_the_hint() {
         let demo = Demo {
+            chat_url: Some("http://127.0.0.1:8090/#token=ta&peer=tb".into()),
             base_url: "http://127.0.0.1:8080".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/parley".into(),
@@ -620,8 +734,17 @@ mod tests {
         };
         let banner = demo.banner();
         assert!(banner.contains("  token: ta\nBob (provider)   b0b00000-0000-4000-8000-000000000002\n  token: tb\n"));
-        assert!(banner.contains("  console.log(\"sent:\", sent);\n});\n\nPress Ctrl-C to stop everything.\n"));
+        assert!(banner.ends_with(
+            "  console.log(\"sent:\", sent);\n});\n\n\
+             Chat         http://127.0.0.1:8090/#token=ta&peer=tb\n             \
+             ^ open it in a browser: you are Alice; the page links to Bob in another tab\n\n\
+             Press Ctrl-C to stop everything.\n"
+        ));
         assert!(demo.client_script().starts_with("// Bob's live view"));
         assert!(demo.env_file().contains("export BOB_TOKEN='tb'\n"));
+        assert!(
+            demo.env_file()
+                .contains("export PARLEY_CHAT_URL='http://127.0.0.1:8090/#token=ta&peer=tb'\n")
+        );
     }
 }

@@ -1,9 +1,14 @@
 //! `cargo xtask test [cargo test args]`: what CI runs. A fresh Postgres on a free port for the
-//! tests' databases, then fmt, clippy, `cargo test --workspace`, the compose.yaml checks and the
-//! official socket.io-client against the binaries (tests/js) — every step run and recorded, a
-//! summary, non-zero when any failed, and Postgres stopped whatever happens.
+//! tests' databases, then fmt, clippy, `cargo test --workspace`, the compose.yaml checks, the
+//! official socket.io-client against the binaries (tests/js), the client package's own tests
+//! (clients/js) and the web chat in Debian's Chromium (clients/web, screenshots in
+//! `.parley/test/screenshots`) — every step run and recorded, a summary, non-zero when any failed,
+//! and Postgres stopped whatever happens. Clients are tested here, against the same binaries and
+//! Postgres, so that a gateway change that breaks them fails the same run.
 //!
-//! Skips: `PARLEY_SKIP_LINT=1` (fmt, clippy), `PARLEY_SKIP_COMPOSE=1`, `PARLEY_SKIP_JS=1`.
+//! Skips: `PARLEY_SKIP_LINT=1` (fmt, clippy), `PARLEY_SKIP_COMPOSE=1`, `PARLEY_SKIP_JS=1`
+//! (tests/js), `PARLEY_SKIP_CLIENT=1` (clients/js), `PARLEY_SKIP_BROWSER=1` (clients/web).
+//! `PARLEY_CHROMIUM` (set by scripts/lib.sh) is the browser.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -122,46 +127,106 @@ pub async fn run(ctx: &Ctx, signals: &Signals, args: Vec<OsString>) -> anyhow::R
     }
 
     let js = ctx.root.join("tests/js");
-    if js.join("package.json").is_file() && !skipped("PARLEY_SKIP_JS") {
-        // The Node tests start the binaries themselves.
+    let run_js = js.join("package.json").is_file() && !skipped("PARLEY_SKIP_JS");
+    let run_client = !skipped("PARLEY_SKIP_CLIENT");
+    let run_browser = !skipped("PARLEY_SKIP_BROWSER");
+    if run_js || run_client || run_browser {
+        // The Node tests start the binaries themselves, with tests/js's harness.
         let bin_dir = ctx.target_dir.join("debug");
         step!("cargo build --bins", "cargo build --bins", cargo(&["build", "--bins"]));
 
-        let in_js = |program: &str, args: &[&str]| {
+        let in_dir = |dir: &Path, program: &str, args: &[&str]| {
             let mut command = tokio::process::Command::new(program);
             command
                 .args(args)
-                .current_dir(&js)
+                .current_dir(dir)
                 .envs(env.iter().cloned())
-                .env("PARLEY_BIN_DIR", &bin_dir);
+                .env("PARLEY_BIN_DIR", &bin_dir)
+                // playwright-core never fetches a browser; this says so to anything that might.
+                .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
             command
         };
-        if js.join("package-lock.json").is_file() || js.join("npm-shrinkwrap.json").is_file() {
+        let (install, shown) = npm_install_args(&js);
+        step!(
+            "npm ci",
+            &format!("(cd tests/js && {shown})"),
+            in_dir(&js, "npm", install)
+        );
+
+        if run_js {
+            match node_major().await {
+                // Node 20 searches a folder argument for test files (*.test.js, test-*.js, …).
+                Some(major) if major <= 20 => {
+                    let mut command = in_dir(&js, "node", &["--test", "tests/js/"]);
+                    command.current_dir(&ctx.root);
+                    step!("node tests", "node --test tests/js/", command);
+                }
+                // Newer Node takes globs, not folders: let it search tests/js by its defaults.
+                Some(_) => step!(
+                    "node tests",
+                    "(cd tests/js && node --test)",
+                    in_dir(&js, "node", &["--test"])
+                ),
+                None => {
+                    section("node tests");
+                    steps.fail("node tests", "node is missing or did not say its version");
+                }
+            }
+        }
+
+        // clients/js: @parley/client, built with tsc; the web chat loads its dist/.
+        let client = ctx.root.join("clients/js");
+        if run_client || run_browser {
+            let (install, shown) = npm_install_args(&client);
             step!(
-                "npm ci",
-                "(cd tests/js && npm ci --no-audit --no-fund)",
-                in_js("npm", &["ci", "--no-audit", "--no-fund"])
+                "client package: npm ci",
+                &format!("(cd clients/js && {shown})"),
+                in_dir(&client, "npm", install)
             );
-        } else {
             step!(
-                "npm install",
-                "(cd tests/js && npm install --no-audit --no-fund)",
-                in_js("npm", &["install", "--no-audit", "--no-fund"])
+                "client package: build",
+                "(cd clients/js && npm run build)",
+                in_dir(&client, "npm", &["run", "build"])
+            );
+        }
+        if run_client {
+            // Named one by one: Node 20 takes no globs, and a folder would run the helpers too.
+            let files = test_files(&client.join("test"))?;
+            let mut args = vec!["--test".to_owned()];
+            args.extend(files.iter().map(|file| format!("test/{file}")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            step!(
+                "client package tests",
+                &format!("(cd clients/js && node {})", args.join(" ")),
+                in_dir(&client, "node", &args)
             );
         }
 
-        match node_major().await {
-            // Node 20 searches a folder argument for test files (*.test.js, test-*.js, …).
-            Some(major) if major <= 20 => {
-                let mut command = in_js("node", &["--test", "tests/js/"]);
-                command.current_dir(&ctx.root);
-                step!("node tests", "node --test tests/js/", command);
-            }
-            // Newer Node takes globs, not folders: let it search tests/js by its defaults.
-            Some(_) => step!("node tests", "(cd tests/js && node --test)", in_js("node", &["--test"])),
-            None => {
-                section("node tests");
-                steps.fail("node tests", "node is missing or did not say its version");
+        // clients/web: the chat in Debian's Chromium (scripts/lib.sh installs it).
+        if run_browser {
+            let web = ctx.root.join("clients/web");
+            let (install, shown) = npm_install_args(&web);
+            step!(
+                "web: npm ci",
+                &format!("(cd clients/web && {shown})"),
+                in_dir(&web, "npm", install)
+            );
+            let name = "browser tests";
+            match std::env::var_os("PARLEY_CHROMIUM").filter(|path| Path::new(path).is_file()) {
+                Some(chromium) => {
+                    let mut command = in_dir(&web, "node", &["--test", "test/browser.test.mjs"]);
+                    command
+                        .env("PARLEY_CHROMIUM", chromium)
+                        .env("PARLEY_SCREENSHOTS", test_dir.join("screenshots"));
+                    step!(name, "(cd clients/web && node --test test/browser.test.mjs)", command);
+                }
+                None => {
+                    section(name);
+                    steps.fail(
+                        name,
+                        "Chromium is missing: scripts/lib.sh could not install Debian's chromium (see its messages above)",
+                    );
+                }
             }
         }
     }
@@ -183,6 +248,29 @@ fn chooses_packages(args: &[OsString]) -> bool {
                 || arg.starts_with("--package=")
                 || (arg.starts_with("-p") && arg.len() > 2)
         })
+}
+
+/// `npm ci` where a lock file pins the packages, else `npm install`; and how to show it.
+fn npm_install_args(dir: &Path) -> (&'static [&'static str], &'static str) {
+    if dir.join("package-lock.json").is_file() || dir.join("npm-shrinkwrap.json").is_file() {
+        (&["ci", "--no-audit", "--no-fund"], "npm ci --no-audit --no-fund")
+    } else {
+        (
+            &["install", "--no-audit", "--no-fund"],
+            "npm install --no-audit --no-fund",
+        )
+    }
+}
+
+/// The `*.test.mjs` files of `dir`, sorted by name.
+fn test_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".test.mjs"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The major version of `node` on PATH.
