@@ -4,8 +4,18 @@
 //! - `PARLEY_PRESENCE`: one key per (user, gateway instance) while that instance holds a socket of
 //!   the user. Gateways refresh their keys well within the bucket's one-minute age limit, so the
 //!   keys of a gateway that died without cleaning up vanish within a minute.
-//! - `PARLEY_CONVERSATIONS`: the notification workers' directory of conversations (project title,
-//!   participants' names and emails), built from `parley.project.started`.
+//! - `PARLEY_CONVERSATIONS`: the directory of conversations, one entry per conversation keyed by
+//!   its id ([`conversation_key`]): project title, participants' ids, roles, names and emails,
+//!   and `closedAt` once the project closed. The notification workers build it from
+//!   `parley.project.started` and `parley.project.closed` (in whichever order they apply them: a
+//!   close seen first leaves an entry holding only `conversationId`, `projectId` and `closedAt`,
+//!   which the start completes) and read it for notifications and emails; gateways read it for
+//!   membership when Postgres cannot answer. Readers ignore fields they do not know, so `closedAt`
+//!   broke none.
+//! - `PARLEY_SENT`: per message sent with a `clientMsgId`, keyed by the message id derived from it,
+//!   the conversation and stream sequence it was stored at. Gateways write it after the publish
+//!   ack and read it when Postgres cannot say whether a repeat was stored: it carries idempotency
+//!   past the chat stream's duplicate window (two hours) for as long as the bucket keeps a key.
 //! - `PARLEY_EMAIL_SENT`: per (conversation, recipient), the last message a digest listed, so a
 //!   redelivered job never mails the same messages twice.
 
@@ -19,6 +29,7 @@ use crate::SetupError;
 pub const PRESENCE_BUCKET: &str = "PARLEY_PRESENCE";
 pub const CONVERSATIONS_BUCKET: &str = "PARLEY_CONVERSATIONS";
 pub const EMAIL_SENT_BUCKET: &str = "PARLEY_EMAIL_SENT";
+pub const SENT_BUCKET: &str = "PARLEY_SENT";
 
 /// How long a presence key lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -78,7 +89,7 @@ pub async fn presence(js: &jetstream::Context, replicas: usize) -> Result<kv::St
 }
 
 pub async fn conversations(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, SetupError> {
-    let description = "Conversation directory for notifications: titles, names, emails";
+    let description = "Conversation directory: titles, participants, closes";
     ensure(js, config(CONVERSATIONS_BUCKET, description, Duration::ZERO, replicas)).await
 }
 
@@ -94,6 +105,17 @@ pub async fn email_sent(js: &jetstream::Context, replicas: usize) -> Result<kv::
         ),
     )
     .await
+}
+
+/// Messages sent with a `clientMsgId`, each kept `ttl` after it was sent.
+pub async fn sent(js: &jetstream::Context, replicas: usize, ttl: Duration) -> Result<kv::Store, SetupError> {
+    let description = "Where each message sent with a clientMsgId was stored, by its id";
+    ensure(js, config(SENT_BUCKET, description, ttl, replicas)).await
+}
+
+/// The directory key of a conversation.
+pub fn conversation_key(conversation_id: Uuid) -> String {
+    conversation_id.to_string()
 }
 
 /// The presence key of `user` on gateway `instance`.

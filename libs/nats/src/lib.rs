@@ -79,10 +79,17 @@ pub const NOTIFICATION_MESSAGES_CONSUMER: ConsumerDefinition = ConsumerDefinitio
     json: include_str!("../../../nats/consumers/notification-messages.json"),
 };
 
-pub const NOTIFICATION_PROJECTS_CONSUMER: ConsumerDefinition = ConsumerDefinition {
+/// The directory's consumer: every project event, so that closes are recorded as well as starts.
+/// Gateways read its progress to know whether the directory is up to date.
+pub const NOTIFICATION_DIRECTORY_CONSUMER: ConsumerDefinition = ConsumerDefinition {
     stream: PROJECTS_STREAM,
-    json: include_str!("../../../nats/consumers/notification-projects.json"),
+    json: include_str!("../../../nats/consumers/notification-directory.json"),
 };
+
+/// The durable name the directory's consumer had when it learnt starts only. Its successor has
+/// its own name so that it reads the projects stream from the start, closes included; the
+/// notification worker deletes the old one.
+pub const RETIRED_NOTIFICATION_PROJECTS_CONSUMER: &str = "parley-notification-projects";
 
 pub const EMAIL_CONSUMER: ConsumerDefinition = ConsumerDefinition {
     stream: EMAIL_STREAM,
@@ -356,7 +363,7 @@ mod tests {
             PERSISTENCE_CHAT_CONSUMER,
             PERSISTENCE_PROJECTS_CONSUMER,
             NOTIFICATION_MESSAGES_CONSUMER,
-            NOTIFICATION_PROJECTS_CONSUMER,
+            NOTIFICATION_DIRECTORY_CONSUMER,
             EMAIL_CONSUMER,
         ] {
             let config = consumer_config(definition).unwrap();

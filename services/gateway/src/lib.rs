@@ -180,10 +180,18 @@ impl Application {
         let Some(presence_kv) = presence_kv.await else {
             return Ok(());
         };
+        let buckets = parley_service::retry_until("opening the directory and sent buckets", &shutdown, || async {
+            let directory = parley_nats::buckets::conversations(&js, replicas).await?;
+            let sent = parley_nats::buckets::sent(&js, replicas, recent::SENT_TTL).await?;
+            Ok::<_, parley_nats::SetupError>((directory, sent))
+        });
+        let Some((directory, sent)) = buckets.await else {
+            return Ok(());
+        };
         let background_stop = CancellationToken::new();
         let (presence, presence_writer) = Presence::start(presence_kv, uuid::Uuid::new_v4(), background_stop.clone());
         // Learn closes before serving anyone, so no send slips into a conversation closing now.
-        let membership = Membership::default();
+        let membership = Membership::default().with_directory(membership::Directory::new(directory, js.clone()));
         let closes = membership.follow_closes(nats.clone(), background_stop.clone()).await?;
         let limits = Limits::new(config.limits);
         let sweeping = limits.start_sweeping(background_stop.clone());
@@ -191,7 +199,13 @@ impl Application {
         let transcripts = transcripts::Transcripts::new(store.clone(), config.transcript_keys.clone());
         let state = AppState(Arc::new(Services {
             auth: Authenticator::new(&config.jwt_secret),
-            messaging: Messaging::new(store, js, membership, limits.clone()),
+            messaging: Messaging::new(
+                store,
+                js.clone(),
+                membership,
+                limits.clone(),
+                recent::SentMessages::new(js, sent),
+            ),
             typing: TypingPublisher::new(nats.clone()),
             presence,
             limits,

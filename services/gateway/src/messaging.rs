@@ -26,7 +26,7 @@ use crate::drain::Drain;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::membership::Membership;
-use crate::recent::RecentMessages;
+use crate::recent::{RecentMessages, SentMessages};
 
 /// A send, after validation.
 #[derive(Debug, Clone)]
@@ -58,6 +58,7 @@ pub(crate) struct Messaging {
     drain: Drain,
     membership: Membership,
     limits: Limits,
+    sent: SentMessages,
 }
 
 /// How often a read-mark move is retried when another device moved the mark at the same time.
@@ -84,7 +85,13 @@ pub(crate) fn record_send<T>(result: &Result<T, ApiError>) {
 }
 
 impl Messaging {
-    pub(crate) fn new(store: Store, js: jetstream::Context, membership: Membership, limits: Limits) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        js: jetstream::Context,
+        membership: Membership,
+        limits: Limits,
+        sent: SentMessages,
+    ) -> Self {
         Self {
             store,
             js,
@@ -92,6 +99,7 @@ impl Messaging {
             drain: Drain::default(),
             membership,
             limits,
+            sent,
         }
     }
 
@@ -161,6 +169,9 @@ impl Messaging {
             .publish_until_acknowledged(subjects::conversation_messages(request.conversation_id), id, payload)
             .await?;
         metrics::histogram!("parley_gateway_publish_ack_seconds").record(publishing.elapsed().as_secs_f64());
+        if event.client_msg_id.is_some() {
+            self.sent.record(id, request.conversation_id, ack.sequence);
+        }
         if ack.duplicate {
             let message = self.original_of(ack.sequence).await?;
             // A duplicate after an attempt of this very send that got no answer is most likely
@@ -177,20 +188,23 @@ impl Messaging {
     }
 
     /// The stored message a repeated `clientMsgId` names, if Postgres has it. Beyond the stream's
-    /// duplicate window (two hours), the stored row is the only memory of a send; within it the
-    /// stream's deduplication answers a repeat by itself. So a send asks Postgres briefly and goes
-    /// on without it when it does not answer: sends need only NATS. (A repeat of a send older than
-    /// the window, made while Postgres is away, is stored once, the insert being idempotent on the
-    /// derived id, but takes a second place in the stream.)
+    /// duplicate window (two hours), the stored row is the only memory of a send in Postgres;
+    /// within it the stream's deduplication answers a repeat by itself. So a send asks Postgres
+    /// briefly, and when it does not answer, the `PARLEY_SENT` bucket (see `recent`), which
+    /// remembers where each recent send was stored for longer than the window: sends need only
+    /// NATS.
     async fn stored_repeat(&self, conversation_id: Uuid, id: Uuid) -> Option<Message> {
         match tokio::time::timeout(REPEAT_LOOKUP_TIMEOUT, self.store.message(conversation_id, id)).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "repeat lookup failed; the stream's window deduplicates");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("repeat lookup timed out; the stream's window deduplicates");
+            Ok(Ok(found)) => return found,
+            Ok(Err(error)) => tracing::debug!(%error, "repeat lookup failed; asking NATS"),
+            Err(_) => tracing::debug!("repeat lookup timed out; asking NATS"),
+        }
+        let seq = self.sent.stream_seq(id, conversation_id).await?;
+        match self.original_of(seq).await {
+            Ok(message) if message.id == id => Some(message),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(?error, "a recorded send not readable from the stream");
                 None
             }
         }

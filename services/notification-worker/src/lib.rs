@@ -4,7 +4,7 @@
 //!
 //! Three consumers share one cancellation token and never wait on each other, each run by the
 //! shared consumer runtime of `parley_nats::consume`: the directory learns conversations from
-//! `parley.project.started`; notify turns messages into notifications and, when email is on,
+//! `parley.project.started` and their closes from `parley.project.closed`; notify turns messages into notifications and, when email is on,
 //! queues one pending digest per (conversation, recipient); email sends each digest when it
 //! falls due, if the recipient is still offline and has not read. Every publish is deduplicated
 //! by a deterministic `Nats-Msg-Id` and every ack follows the work, so any number of workers,
@@ -182,6 +182,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Application::build(config).await?.run_until_stopped(shutdown).await
 }
 
+/// Deletes the directory's former consumer (starts only), which nothing reads any more; its
+/// successor rereads the projects stream from the start. Absent is the usual case.
+async fn retire_projects_consumer(js: &async_nats::jetstream::Context) {
+    let Ok(stream) = js.get_stream_no_info(parley_nats::PROJECTS_STREAM).await else {
+        return;
+    };
+    if stream
+        .delete_consumer(parley_nats::RETIRED_NOTIFICATION_PROJECTS_CONSUMER)
+        .await
+        .is_ok()
+    {
+        info!("retired the directory's former consumer");
+    }
+}
+
 /// Waits for NATS, then runs the three consumers until `shutdown`.
 async fn consume(
     config: &Config,
@@ -196,7 +211,8 @@ async fn consume(
         let directory = parley_nats::buckets::conversations(&js, replicas).await?;
         parley_nats::buckets::presence(&js, replicas).await?;
         let sent = parley_nats::buckets::email_sent(&js, replicas).await?;
-        let projects = parley_nats::ensure_pull_consumer(&js, parley_nats::NOTIFICATION_PROJECTS_CONSUMER).await?;
+        let projects = parley_nats::ensure_pull_consumer(&js, parley_nats::NOTIFICATION_DIRECTORY_CONSUMER).await?;
+        retire_projects_consumer(&js).await;
         let messages = parley_nats::ensure_pull_consumer(&js, parley_nats::NOTIFICATION_MESSAGES_CONSUMER).await?;
         let jobs = parley_nats::ensure_pull_consumer(&js, parley_nats::EMAIL_CONSUMER).await?;
         Ok::<_, parley_nats::SetupError>((directory, sent, projects, messages, jobs))
@@ -213,7 +229,7 @@ async fn consume(
         js.clone(),
         vec![
             parley_nats::NOTIFICATION_MESSAGES_CONSUMER,
-            parley_nats::NOTIFICATION_PROJECTS_CONSUMER,
+            parley_nats::NOTIFICATION_DIRECTORY_CONSUMER,
             parley_nats::EMAIL_CONSUMER,
         ],
         shutdown.clone(),
