@@ -190,6 +190,11 @@ pub async fn run(ctx: &Ctx, signals: &Signals, args: Vec<OsString>) -> anyhow::R
             );
         }
         if run_client {
+            step!(
+                "client package: typecheck",
+                "(cd clients/js && npm run typecheck)",
+                in_dir(&client, "npm", &["run", "typecheck"])
+            );
             // Named one by one: Node 20 takes no globs, and a folder would run the helpers too.
             let files = test_files(&client.join("test"))?;
             let mut args = vec!["--test".to_owned()];

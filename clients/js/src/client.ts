@@ -502,23 +502,34 @@ export class ParleyClient extends Emitter<ParleyClientEvents> {
         for (const message of page.messages) state.buffer.set(message.id, message);
         after = page.messages.reduce((max, m) => Math.max(max, m.seq), 0);
       }
-      const joined = await this.#request("conversation:join", { conversationId: state.id, lastSeq: after });
-      if (!current()) return false;
-      this.#snapshot(state, joined.conversation);
-      let cursor = Math.max(after, state.replayMax);
-      let complete = joined.complete;
-      while (!complete) {
-        const page = await this.#request("conversation:history", {
-          conversationId: state.id,
-          afterSeq: cursor,
-          limit: this.#pageSize,
-        });
+      // A replay holds at most 1000 messages; the rest is paged with history. History is
+      // Postgres, which may lag behind the stream the replay reads: a page can end before the
+      // newest acknowledged messages. So after paging, join again from where the pages ended,
+      // until a join's replay says it is complete (its messages are held like the others).
+      let cursor = after;
+      for (;;) {
+        state.replayMax = 0;
+        const joined = await this.#request("conversation:join", { conversationId: state.id, lastSeq: cursor });
         if (!current()) return false;
-        for (const message of page.messages) {
-          state.buffer.set(message.id, message);
-          cursor = Math.max(cursor, message.seq);
+        this.#snapshot(state, joined.conversation);
+        const replayedTo = Math.max(cursor, state.replayMax);
+        if (joined.complete) break;
+        let paged = replayedTo;
+        for (;;) {
+          const page = await this.#request("conversation:history", {
+            conversationId: state.id,
+            afterSeq: paged,
+            limit: this.#pageSize,
+          });
+          if (!current()) return false;
+          for (const message of page.messages) {
+            state.buffer.set(message.id, message);
+            paged = Math.max(paged, message.seq);
+          }
+          if (!page.hasMore || page.messages.length === 0) break;
         }
-        complete = !page.hasMore || page.messages.length === 0;
+        if (paged === cursor) break; // neither the replay nor history moved: nothing more to get
+        cursor = paged;
       }
       const held = [...state.buffer.values()].sort((a, b) => a.seq - b.seq);
       state.buffer.clear();
