@@ -9,7 +9,8 @@
 #
 # Exports: PARLEY_ROOT; after parley_ensure_postgres PARLEY_PG_BIN_DIR; after parley_ensure_nats
 # PARLEY_NATS_SERVER_BIN; after parley_ensure_py_test_deps PARLEY_TEST_PY and
-# PARLEY_TEST_PYTHONPATH (tests/compose); after parley_ensure_chromium PARLEY_CHROMIUM.
+# PARLEY_TEST_PYTHONPATH (tests/compose); after parley_ensure_chromium PARLEY_CHROMIUM;
+# parley_ensure_promtool puts promtool on PATH.
 
 PARLEY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PARLEY_ROOT
@@ -261,6 +262,20 @@ parley_ensure_chromium() {
   PARLEY_CHROMIUM="$bin"
   export PARLEY_CHROMIUM
   parley_log "chromium: $("$bin" --version 2>/dev/null || echo '(version unknown)') ($bin)"
+}
+
+# ---------------------------------------------------------------- promtool
+
+# Makes sure `promtool` (Debian's prometheus package) is on PATH: the gateway's
+# tests/operators_stack.rs checks deploy/prometheus/ with it. Returns non-zero, after saying why,
+# when it cannot install it: that test then fails and names the package, the others still run.
+parley_ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    parley_log "promtool: $(promtool --version 2>&1 | head -n 1)"
+    return 0
+  fi
+  _parley_apt_install prometheus || { parley_log "cannot install Debian's prometheus package (for promtool)"; return 1; }
+  command -v promtool >/dev/null 2>&1 || { parley_log "prometheus installed, but promtool is not on PATH"; return 1; }
 }
 
 # ---------------------------------------------------------------- handing over
