@@ -270,3 +270,255 @@ async fn with_postgres_away_sends_with_a_client_msg_id_are_acknowledged_and_repe
         "the latest page: stored once each, in order"
     );
 }
+
+/// NATS, Postgres, a persistence worker, a notification worker (which keeps the conversation
+/// directory) and one gateway.
+async fn stack_with_directory() -> parley_test_support::stack::TestStack {
+    use parley_test_support::stack::{Run, Spec, TestStack};
+    TestStack::builder()
+        .gateways(1)
+        .service(Spec::persistence().run(Run::InProcess).batch_size(100))
+        .notification(Run::InProcess)
+        .build()
+        .await
+}
+
+/// Waits until the directory holds every project event published so far.
+async fn directory_caught_up(js: &async_nats::jetstream::Context) {
+    let name = parley_nats::NOTIFICATION_DIRECTORY_CONSUMER.durable_name().unwrap();
+    eventually("the directory to catch up", Duration::from_secs(30), || async {
+        parley_test_support::consumer_caught_up(js, parley_nats::PROJECTS_STREAM, &name)
+            .await
+            .then_some(())
+    })
+    .await;
+}
+
+/// Every stored message of a conversation, ascending, paged over HTTP.
+async fn all_stored(addr: std::net::SocketAddr, conversation: uuid::Uuid, token: &str) -> Vec<Value> {
+    let mut stored = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let query = before.map_or(String::new(), |seq| format!("&beforeSeq={seq}"));
+        let page = http::get(
+            addr,
+            &format!("/v1/conversations/{conversation}/messages?limit=200{query}"),
+            token,
+        )
+        .await;
+        assert_eq!(page.status, 200, "{}", page.raw);
+        let messages = page.body["messages"].as_array().unwrap().clone();
+        before = messages.first().and_then(|m| m["seq"].as_i64());
+        stored.splice(0..0, messages);
+        if page.body["hasMore"] != true {
+            return stored;
+        }
+    }
+}
+
+/// Sends with a `clientMsgId` and returns the acknowledged message and how long the ack took.
+async fn timed_send(
+    socket: &parley_test_support::sio::Client,
+    conversation: uuid::Uuid,
+    key: &str,
+) -> (Value, Duration) {
+    let started = Instant::now();
+    let ack = ask(
+        socket,
+        "message:send",
+        json!({ "conversationId": conversation, "body": format!("message {key}"), "clientMsgId": key }),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(ack["ok"], true, "send {key} refused: {ack}");
+    (ack["message"].clone(), took)
+}
+
+/// The median and the largest of some durations.
+fn p50_max(mut took: Vec<Duration>) -> (Duration, Duration) {
+    took.sort();
+    (took[took.len() / 2], *took.last().unwrap())
+}
+
+fn ids(messages: &[Value]) -> Vec<Value> {
+    messages.iter().map(|m| m["id"].clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_stopped_sends_to_a_conversation_the_gateway_never_looked_up_are_acknowledged_without_a_stall() {
+    let stack = stack_with_directory().await;
+    let warm = stack.project("Warm").await;
+    let cold = stack.project("Cold").await;
+    directory_caught_up(&stack.js).await;
+    let warm_client = stack.socket(0, warm.client()).await;
+    let cold_client = stack.socket(0, cold.client()).await;
+    let mut cold_provider = stack.socket(0, cold.provider()).await;
+
+    // Before: sends to the warm conversation only; the gateway never looks the cold one up.
+    let mut warm_acked = Vec::new();
+    let mut before = Vec::new();
+    for i in 0..200 {
+        let (message, took) = timed_send(&warm_client, warm.conversation_id(), &format!("w{i}")).await;
+        warm_acked.push(message);
+        before.push(took);
+    }
+
+    database_reachable(&stack.db().name, false).await;
+    let away = Instant::now();
+    let mut cold_acked = Vec::new();
+    let mut during = Vec::new();
+    let mut first_cold = None;
+    let mut i = 0;
+    while away.elapsed() < Duration::from_secs(10) {
+        let (message, took) = timed_send(&cold_client, cold.conversation_id(), &format!("c{i}")).await;
+        first_cold.get_or_insert(took);
+        cold_acked.push(message);
+        during.push(took);
+        let (message, took) = timed_send(&warm_client, warm.conversation_id(), &format!("w{}", 200 + i)).await;
+        warm_acked.push(message);
+        during.push(took);
+        i += 1;
+    }
+    // A repeat answers the original, id and seq, and delivers nothing new.
+    let (repeat, _) = timed_send(&cold_client, cold.conversation_id(), "c0").await;
+    assert_eq!(
+        (&repeat["id"], &repeat["seq"]),
+        (&cold_acked[0]["id"], &cold_acked[0]["seq"])
+    );
+    let (last, _) = timed_send(&cold_client, cold.conversation_id(), "c-last").await;
+    cold_acked.push(last);
+    for message in &cold_acked {
+        assert_eq!(
+            next_message(&mut cold_provider).await["id"],
+            message["id"],
+            "live delivery, once, in order"
+        );
+    }
+    // What must read Postgres says it cannot.
+    let history = ask(
+        &cold_client,
+        "conversation:history",
+        json!({ "conversationId": cold.conversation_id() }),
+    )
+    .await;
+    assert_eq!(code(&history), "unavailable");
+    assert_eq!(
+        code(&ask(&cold_client, "conversation:list", json!({})).await),
+        "unavailable"
+    );
+    let list = http::get(stack.gateway(0).addr, "/v1/conversations", &token(cold.client())).await;
+    assert_eq!(list.status, 503, "{}", list.raw);
+    database_reachable(&stack.db().name, true).await;
+
+    let (before_p50, before_max) = p50_max(before);
+    let (during_p50, during_max) = p50_max(during.clone());
+    println!(
+        "acks before the outage: p50 {before_p50:?}, max {before_max:?} (200 sends); during 10 s without Postgres: \
+         p50 {during_p50:?}, max {during_max:?} ({} sends, half to the cold conversation, whose first took {:?})",
+        during.len(),
+        first_cold.unwrap()
+    );
+    assert!(during_max < Duration::from_secs(1), "a send stalled: {during_max:?}");
+
+    // Postgres back: every message stored once, in order.
+    let addr = stack.gateway(0).addr;
+    for (project, acked) in [(&warm, &warm_acked), (&cold, &cold_acked)] {
+        // The worker's batches that failed meanwhile come back in their own time: wait for all.
+        let token = token(project.client());
+        let stored = eventually("every message stored", Duration::from_secs(60), || async {
+            let stored = all_stored(addr, project.conversation_id(), &token).await;
+            (stored.len() >= acked.len()).then_some(stored)
+        })
+        .await;
+        let (stored_ids, acked_ids) = (ids(&stored), ids(acked));
+        let first_difference = stored_ids.iter().zip(&acked_ids).position(|(s, a)| s != a);
+        assert!(
+            stored_ids == acked_ids,
+            "stored once each, in order: {} stored, {} acknowledged, first difference at {first_difference:?}",
+            stored_ids.len(),
+            acked_ids.len()
+        );
+        let seqs: Vec<i64> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "history in seq order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_stopped_a_gateway_refuses_sends_into_a_conversation_it_did_not_see_close_and_does_not_deny_one_the_directory_lacks()
+ {
+    let mut stack = stack_with_directory().await;
+    let closed = stack.project("Closed before").await;
+    closed.publish_closed(&stack.js).await;
+    directory_caught_up(&stack.js).await;
+    // A gateway that starts after the close never hears it live.
+    let late = stack.start(parley_test_support::stack::Spec::gateway()).await;
+    // A project the directory does not hold yet: its writer is away.
+    stack.notification_mut(0).stop().await;
+    let unlisted = stack.project("Not in the directory yet").await;
+    let closed_client = parley_test_support::stack::connect(&late, closed.client()).await;
+    let unlisted_client = parley_test_support::stack::connect(&late, unlisted.client()).await;
+    let stranger = parley_test_support::stack::connect(&late, uuid::Uuid::new_v4()).await;
+
+    database_reachable(&stack.db().name, false).await;
+    let send = |socket, conversation: uuid::Uuid| async move {
+        ask(
+            socket,
+            "message:send",
+            json!({ "conversationId": conversation, "body": "hello", "clientMsgId": "k1" }),
+        )
+        .await
+    };
+    assert_eq!(
+        code(&send(&closed_client, closed.conversation_id()).await),
+        "conversation_closed"
+    );
+    assert_eq!(code(&send(&stranger, closed.conversation_id()).await), "not_found");
+    assert_eq!(
+        code(&send(&unlisted_client, unlisted.conversation_id()).await),
+        "unavailable"
+    );
+    assert_eq!(code(&send(&stranger, unlisted.conversation_id()).await), "unavailable");
+
+    // Its writer back and caught up, the directory answers for the new project.
+    stack.notification_mut(0).restart().await;
+    directory_caught_up(&stack.js).await;
+    let ack = send(&unlisted_client, unlisted.conversation_id()).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    database_reachable(&stack.db().name, true).await;
+    let id: uuid::Uuid = ack["message"]["id"].as_str().unwrap().parse().unwrap();
+    stack.persisted(unlisted.conversation_id(), id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_stopped_a_repeat_older_than_the_duplicate_window_returns_the_original_and_stores_nothing_new() {
+    let stack = stack(1).await;
+    let project = stack.project("Late repeat").await;
+    let conversation = project.conversation_id();
+    // A duplicate window of a second stands for the real two hours.
+    let mut chat = stack.js.get_stream(parley_nats::CHAT_STREAM).await.unwrap();
+    let mut config = chat.info().await.unwrap().config.clone();
+    config.duplicate_window = Duration::from_secs(1);
+    stack.js.update_stream(config).await.unwrap();
+    let client = stack.socket(0, project.client()).await;
+    let mut provider = stack.socket(0, project.provider()).await;
+    let (original, _) = timed_send(&client, conversation, "late").await;
+    assert_eq!(next_message(&mut provider).await["id"], original["id"]);
+    // The window is a time: nothing to await but its passing (and the server's purge after it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    database_reachable(&stack.db.name, false).await;
+    let (repeat, _) = timed_send(&client, conversation, "late").await;
+    assert_eq!((&repeat["id"], &repeat["seq"]), (&original["id"], &original["seq"]));
+    let (after, _) = timed_send(&client, conversation, "after").await;
+    assert_eq!(
+        next_message(&mut provider).await["id"],
+        after["id"],
+        "the repeat delivered nothing"
+    );
+    database_reachable(&stack.db.name, true).await;
+
+    let last: uuid::Uuid = after["id"].as_str().unwrap().parse().unwrap();
+    stack.persisted(conversation, last).await;
+    let stored = all_stored(stack.gateway(0).addr, conversation, &token(project.client())).await;
+    assert_eq!(ids(&stored), ids(&[original, after]));
+}
