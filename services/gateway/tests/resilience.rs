@@ -452,14 +452,8 @@ async fn with_postgres_stopped_a_gateway_refuses_sends_into_a_conversation_it_di
     directory_caught_up(&stack.js).await;
     // A gateway that starts after the close never hears it live.
     let late = stack.start(parley_test_support::stack::Spec::gateway()).await;
-    // A project the directory does not hold yet: its writer is away.
-    stack.notification_mut(0).stop().await;
-    let unlisted = stack.project("Not in the directory yet").await;
     let closed_client = parley_test_support::stack::connect(&late, closed.client()).await;
-    let unlisted_client = parley_test_support::stack::connect(&late, unlisted.client()).await;
     let stranger = parley_test_support::stack::connect(&late, uuid::Uuid::new_v4()).await;
-
-    database_reachable(&stack.db().name, false).await;
     let send = |socket, conversation: uuid::Uuid| async move {
         ask(
             socket,
@@ -468,11 +462,19 @@ async fn with_postgres_stopped_a_gateway_refuses_sends_into_a_conversation_it_di
         )
         .await
     };
+
+    database_reachable(&stack.db().name, false).await;
     assert_eq!(
         code(&send(&closed_client, closed.conversation_id()).await),
         "conversation_closed"
     );
     assert_eq!(code(&send(&stranger, closed.conversation_id()).await), "not_found");
+
+    // A project that just started, while the directory's writer is away: not in it yet.
+    stack.notification_mut(0).stop().await;
+    let unlisted = parley_test_support::ProjectFixture::new("Not in the directory yet");
+    unlisted.publish_started(&stack.js).await;
+    let unlisted_client = parley_test_support::stack::connect(&late, unlisted.client()).await;
     assert_eq!(
         code(&send(&unlisted_client, unlisted.conversation_id()).await),
         "unavailable"
