@@ -315,6 +315,7 @@ mod tests {
             project_id: Uuid::new_v4(),
             title: "Logo <script>alert(1)</script>\r\nSubject: spoof".into(),
             participants: vec![sender.clone(), recipient.clone()],
+            closed_at: None,
         };
         let listed = [Listed {
             seq: 1,
