@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::connection;
 use crate::messaging::Messaging;
 use crate::recent::RecentMessages;
 use crate::rooms::user_room;
@@ -153,20 +152,21 @@ pub(crate) fn end_grace_later(socket: SocketRef, session: SocketSession) {
 }
 
 /// Emits a live `message:new` to one socket and counts it: fan-out deliveries, and the latency
-/// from the send being accepted to this emit. A socket whose queue is full is disconnected: it
-/// would otherwise miss this message without knowing. Callers hold the socket's session lock.
+/// from the send being accepted to this emit. A socket that cannot keep up is disconnected (see
+/// `connection`): it would otherwise miss this message without knowing. Callers hold the
+/// socket's session lock.
 pub(crate) fn emit_live(socket: &SocketRef, message: &Message) {
-    counted(socket, wire::emit(socket, &MessageNew::live(message)), message);
+    counted(wire::emit(socket, &MessageNew::live(message)).is_ok(), message);
 }
 
 /// [`emit_live`] with the message already encoded, for a message going to several sockets: it is
 /// serialized once.
 fn emit_live_encoded(socket: &SocketRef, message: &Message, encoded: &RawValue) {
-    counted(socket, wire::emit_encoded(socket, encoded), message);
+    counted(wire::emit_encoded(socket, encoded).is_ok(), message);
 }
 
-fn counted(socket: &SocketRef, sent: Result<(), socketioxide::SendError>, message: &Message) {
-    if connection::checked(socket, sent).is_ok() {
+fn counted(delivered: bool, message: &Message) {
+    if delivered {
         metrics::counter!("parley_gateway_fanout_deliveries_total").increment(1);
         let latency = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
         metrics::histogram!("parley_gateway_delivery_latency_seconds").record(latency.as_secs_f64());

@@ -1,6 +1,7 @@
 //! The gateway's TCP listener and HTTP/1.1 server. Every accepted connection gets
-//! `TCP_NODELAY`, a way to be cut from above ([`ConnectionKill`]), a deadline for each request
-//! head, and the responses hyper writes by itself get the contract's error shape.
+//! `TCP_NODELAY`, a way to be cut from above and a count of what it wrote ([`Carrier`]), a
+//! deadline for each request head, and the responses hyper writes by itself get the contract's
+//! error shape.
 //!
 //! The server is hyper's own connection builder rather than `axum::serve`, which gives hyper no
 //! timer, so hyper's header-read timeout never applied: a client trickling its headers, or one
@@ -10,7 +11,8 @@
 //! A socket whose outgoing queue is full must be disconnected (its client then reconnects and
 //! replays from what it really has), but socketioxide's `disconnect` needs a free slot in that
 //! very queue. So every connection carries a kill switch, handed to the request as its connect
-//! info: cutting it ends the connection's reads and writes, hyper and the websocket see the
+//! info (with the listener's [`Upgrades`], so that a socket that upgraded from polling finds
+//! the websocket it now uses): cutting it ends the connection's reads and writes, hyper and the websocket see the
 //! connection gone, and socketioxide closes the socket as for any dropped client.
 //!
 //! hyper answers a request it cannot parse (a malformed request line or header: 400; headers over
@@ -32,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::connection::ConnectionKill;
+use crate::connection::{Carrier, Upgrades};
 
 /// Accepts connections for [`serve`], each wrapped in a [`ShapedStream`].
 pub(crate) struct ShapedListener(pub(crate) TcpListener);
@@ -48,13 +50,13 @@ impl axum::serve::Listener for ShapedListener {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let kill = ConnectionKill::default();
+        let carrier = Carrier::default();
         (
             ShapedStream {
                 inner: stream,
                 rewriting: None,
-                killed: Box::pin(kill.cut_owned()),
-                kill,
+                killed: Box::pin(carrier.cut_owned()),
+                carrier,
             },
             addr,
         )
@@ -81,6 +83,7 @@ pub(crate) async fn serve(
         .header_read_timeout(HEAD_TIMEOUT)
         .keep_alive(true);
     let connections = tokio_util::task::TaskTracker::new();
+    let upgrades = Upgrades::default();
     let closing = tokio_util::sync::CancellationToken::new();
     tokio::pin!(stopping);
     loop {
@@ -88,12 +91,16 @@ pub(crate) async fn serve(
             (stream, _) = axum::serve::Listener::accept(&mut listener) => stream,
             () = &mut stopping => break,
         };
-        let kill = stream.kill.clone();
+        let carrier = stream.carrier.clone();
         let router = router.clone();
+        let (noted, serving) = (upgrades.clone(), carrier.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(kill.clone()));
+            noted.note(request.uri(), &serving);
+            request.extensions_mut().insert(ConnectInfo(serving.clone()));
+            request.extensions_mut().insert(noted.clone());
             tower_service::Service::call(&mut router.clone(), request)
         });
+        let upgrades = upgrades.clone();
         let connection = http
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
             .with_upgrades();
@@ -107,6 +114,7 @@ pub(crate) async fn serve(
                     connection.await
                 }
             };
+            upgrades.forget(&carrier);
             if let Err(error) = served {
                 tracing::debug!(%error, "connection ended");
             }
@@ -122,10 +130,10 @@ fn cut() -> io::Error {
 }
 
 /// A connection whose writes pass through unchanged, but for hyper's own error heads, and that
-/// ends when its [`ConnectionKill`] is cut.
+/// ends when its [`Carrier`] is cut, counting what it writes there.
 pub(crate) struct ShapedStream {
     inner: TcpStream,
-    kill: ConnectionKill,
+    carrier: Carrier,
     /// Resolves once the kill switch is cut; polled with every read, so a read that waits for
     /// a client that sends nothing is woken by the cut.
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -168,6 +176,14 @@ fn reshape(head: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl ShapedStream {
+    /// Counts a write's bytes on the carrier.
+    fn counted(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &written {
+            self.carrier.wrote(*n);
+        }
+        written
+    }
+
     /// Writes out the rewritten head; ready with the replaced write's length once all is out.
     fn poll_rewriting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         while let Some((bytes, written, replaced)) = &mut self.rewriting {
@@ -198,13 +214,16 @@ impl AsyncRead for ShapedStream {
 impl AsyncWrite for ShapedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.kill.is_cut() {
+        if this.carrier.is_cut() {
             return Poll::Ready(Err(cut()));
         }
         if this.rewriting.is_none() {
             match reshape(buf) {
                 Some(rewritten) => this.rewriting = Some((rewritten, 0, buf.len())),
-                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+                None => {
+                    let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+                    return this.counted(written);
+                }
             }
         }
         this.poll_rewriting(cx)
@@ -215,14 +234,15 @@ impl AsyncWrite for ShapedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.kill.is_cut() {
+        if self.carrier.is_cut() {
             return Poll::Ready(Err(cut()));
         }
         let first = bufs.iter().find(|b| !b.is_empty());
         if self.rewriting.is_some() || first.is_some_and(|b| reshape(b).is_some()) {
             return self.poll_write(cx, first.map_or(&[][..], |b| &b[..]));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.counted(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -74,6 +74,7 @@ async fn authenticate(
     socket.extensions.insert(session.clone());
     socket.extensions.insert(Replays::default());
     socket.extensions.insert(Arc::new(state.limits.event_budget()));
+    socket.extensions.insert(InFlight::default());
     socket.on("message:send", message_send);
     socket.on("conversation:list", conversation_list);
     socket.on("conversation:history", conversation_history);
@@ -112,11 +113,29 @@ struct Acked<T> {
 /// The socket's budget of events other than sends (`PARLEY_EVENT_RATE`).
 type Budget = Arc<EventBudget>;
 
+/// Requests a socket may have in hand at once (received, not yet answered). Each holds what its
+/// operation reads until it answers; past the bound a request is refused `rate_limited` at
+/// once, so a client firing requests faster than they complete holds a bounded amount.
+const REQUESTS_IN_FLIGHT: usize = 32;
+
+/// The socket's requests in hand, as permits of [`REQUESTS_IN_FLIGHT`].
+#[derive(Clone)]
+struct InFlight(Arc<tokio::sync::Semaphore>);
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT)))
+    }
+}
+
+/// How long a request refused for [`REQUESTS_IN_FLIGHT`] is told to wait.
+const IN_FLIGHT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One client event's whole outline: counts it
 /// (`parley_gateway_events_received_total{event}`), runs its operation if `admitted`, counts a
 /// refusal (`parley_gateway_refusals_total{event, code}`) and acknowledges the outcome, if the
-/// client asked for an acknowledgement. A socket whose queue is too full for the ack is
-/// disconnected.
+/// client asked for an acknowledgement. A request over the socket's [`REQUESTS_IN_FLIGHT`] is
+/// refused `rate_limited`. A socket that cannot take the ack is disconnected (see `connection`).
 async fn respond<T: Serialize>(
     socket: &SocketRef,
     event: &'static str,
@@ -125,19 +144,30 @@ async fn respond<T: Serialize>(
     operation: impl Future<Output = Result<T, ApiError>>,
 ) {
     metrics::counter!("parley_gateway_events_received_total", "event" => event).increment(1);
-    let outcome = match admitted {
-        Ok(()) => operation.await,
-        Err(refused) => Err(refused),
+    let permit = socket
+        .extensions
+        .get::<InFlight>()
+        .map(|InFlight(permits)| permits.try_acquire_owned());
+    let outcome = match (admitted, permit) {
+        (Err(refused), _) => Err(refused),
+        (Ok(()), Some(Err(_))) => Err(ApiError::rate_limited(IN_FLIGHT_RETRY)),
+        // The permit is held until the operation has its outcome.
+        (Ok(()), Some(Ok(_held))) => operation.await,
+        (Ok(()), None) => operation.await,
     };
-    let sent = match outcome {
-        Ok(reply) => ack.send(&Acked { ok: true, reply }),
+    let (bytes, sent) = match outcome {
+        Ok(reply) => {
+            let acked = Acked { ok: true, reply };
+            (connection::json_len(&acked), ack.send(&acked))
+        }
         Err(error) => {
             metrics::counter!("parley_gateway_refusals_total", "event" => event, "code" => error.code().as_str())
                 .increment(1);
-            ack.send(&error.ack())
+            let refused = error.ack();
+            (connection::json_len(&refused), ack.send(&refused))
         }
     };
-    if let Err(error) = connection::checked(socket, sent) {
+    if let Err(error) = connection::checked(socket, bytes, sent) {
         tracing::debug!(%error, "ack not delivered");
     }
 }

@@ -17,6 +17,8 @@ use socketioxide::SendError;
 use socketioxide::extract::SocketRef;
 use uuid::Uuid;
 
+use crate::connection;
+
 /// The event a delivered message travels as.
 pub(crate) const MESSAGE_NEW: &str = "message:new";
 
@@ -116,14 +118,15 @@ impl PostedView<'_> {
 }
 
 /// Emits a `message:new` whose payload is already JSON. A one-element tuple is the event's one
-/// argument, written as is (a bare value would not be wrapped with the event name).
+/// argument, written as is (a bare value would not be wrapped with the event name). A socket
+/// that cannot keep up is disconnected ([`connection::checked`]).
 pub(crate) fn emit_encoded(socket: &SocketRef, encoded: &RawValue) -> Result<(), SendError> {
-    socket.emit(MESSAGE_NEW, &(encoded,))
+    connection::checked(socket, encoded.get().len(), socket.emit(MESSAGE_NEW, &(encoded,)))
 }
 
-/// Emits a `message:new` encoding it for this one socket.
+/// Emits a `message:new` encoding it for this one socket, under the same rule.
 pub(crate) fn emit(socket: &SocketRef, message: &MessageNew<'_>) -> Result<(), SendError> {
-    socket.emit(MESSAGE_NEW, message)
+    connection::checked(socket, connection::json_len(message), socket.emit(MESSAGE_NEW, message))
 }
 
 #[cfg(test)]

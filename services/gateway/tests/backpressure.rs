@@ -246,3 +246,122 @@ async fn until_closed_after(
     texts.extend(until_closed(ws).await);
     texts
 }
+
+/// A process's resident memory and its peak so far, in bytes, from `/proc/<pid>/status`.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// History requests the greedy client makes at most, each asking for a page of 200 messages of
+/// [`BODY_CHARS`] characters (about 420 kB of answer): far more than the gateway may hold for a
+/// client that never reads them.
+const GREEDY_REQUESTS: usize = 2000;
+
+#[tokio::test]
+async fn a_client_that_asks_and_never_reads_is_cut_and_leaves_the_gateways_memory_bounded() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use parley_test_support::stack::{Run, Spec, TestStack};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let stack = TestStack::builder().persistence(Run::InProcess).build().await;
+    // A gateway of its own process, so that its memory is its alone; no event rate limit, so
+    // every request is admitted but for the bound on requests in hand.
+    let gateway = stack
+        .start(Spec::gateway().binary().limits(parley_gateway::LimitConfig::OFF))
+        .await;
+    let project = stack.project("Greedy").await;
+    let body = "y".repeat(BODY_CHARS);
+    let mut last = None;
+    for _ in 0..200 {
+        let event = project.message(project.client(), &body);
+        publish_message(&stack.js, &event).await;
+        last = Some(event.id);
+    }
+    stack.persisted(project.conversation_id(), last.unwrap()).await;
+
+    let pid = gateway.pid().expect("a gateway process");
+    let (before, _) = memory_of(pid);
+
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gateway.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let (mut out, mut incoming) = ws.split();
+    let open = incoming.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'), "{open:?}");
+    let auth = json!({ "token": token(project.client()) });
+    out.send(Frame::text(format!("40{auth}"))).await.unwrap();
+    // The connect ack (after any engine.io ping that came first, answered).
+    loop {
+        let frame = incoming.next().await.unwrap().unwrap();
+        match frame.to_text().unwrap() {
+            "2" => out.send(Frame::text("3")).await.unwrap(),
+            text => {
+                assert!(text.starts_with("40"), "{open:?} then {text}");
+                break;
+            }
+        }
+    }
+
+    // Requests at a steady pace (a load shape, not a wait), none of their answers read, until
+    // the gateway cuts the connection. The pace leaves most requests admitted (a request over
+    // the socket's bound on requests in hand is refused with a short answer instead).
+    let request = json!(["conversation:history", { "conversationId": project.conversation_id(), "limit": 200 }]);
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    for id in 0..GREEDY_REQUESTS {
+        pace.tick().await;
+        if out.send(Frame::text(format!("42{id}{request}"))).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let (_, peak) = memory_of(pid);
+
+    // Whatever the kernel buffered is read, then the connection must end: the gateway cut it.
+    let mut answers = 0;
+    let cut = loop {
+        match tokio::time::timeout(WAIT, incoming.next()).await {
+            Err(_) => break false,
+            Ok(Some(Ok(Frame::Text(text)))) if text.starts_with("43") => answers += 1,
+            Ok(Some(Ok(Frame::Close(_)) | Err(_)) | None) => break true,
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    drop((out, incoming));
+    println!(
+        "sent {sent} requests, {answers} answers read before the end; resident memory {} MiB before, peak {} MiB",
+        before / MIB,
+        peak / MIB
+    );
+    assert!(cut, "the gateway kept feeding a client that never read");
+    assert!(
+        answers < sent,
+        "every answer was read ({answers} of {sent}): the client was never behind"
+    );
+    // The gateway holds at most its bound (32 MiB) of unread answers.
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 128 * MIB,
+        "resident memory grew by {} MiB for one client",
+        grew / MIB
+    );
+
+    // Once the client is gone its answers are freed, and the memory comes back.
+    let after = parley_test_support::eventually("the memory to come back", WAIT, || async {
+        let (now, _) = memory_of(pid);
+        (now < before + 64 * MIB).then_some(now)
+    })
+    .await;
+    println!("resident memory after the client left: {} MiB", after / MIB);
+    // The gateway still serves everyone else.
+    let socket = parley_test_support::stack::connect(&gateway, project.provider()).await;
+    let listed = ask(&socket, "conversation:list", json!({})).await;
+    assert_eq!(listed["ok"], true, "{listed}");
+}
