@@ -53,7 +53,7 @@ const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings a developer's shell may hold that would change what a binary under test does; every
 /// binary starts without them, and gets only what its [`Spec`] says.
-const AMBIENT_SETTINGS: [&str; 10] = [
+const AMBIENT_SETTINGS: [&str; 14] = [
     "PARLEY_STREAM_REPLICAS",
     "PARLEY_DB_POOL_SIZE",
     "PARLEY_BATCH_SIZE",
@@ -63,6 +63,10 @@ const AMBIENT_SETTINGS: [&str; 10] = [
     "PARLEY_LISTEN",
     "PARLEY_ADMIN_LISTEN",
     "PARLEY_JWT_SECRET",
+    "PARLEY_JWT_PUBLIC_KEYS",
+    "PARLEY_JWKS_URL",
+    "PARLEY_JWT_ISSUER",
+    "PARLEY_JWT_AUDIENCE",
     "PARLEY_TRANSCRIPT_RETIRED_KEYS",
 ];
 
@@ -110,6 +114,7 @@ pub struct Spec {
     limits: LimitConfig,
     batch_size: Option<usize>,
     email: Option<(String, Duration)>,
+    auth: Option<parley_gateway::AuthConfig>,
     env: Vec<(String, String)>,
 }
 
@@ -122,6 +127,7 @@ impl Spec {
             limits: LimitConfig::OFF,
             batch_size: None,
             email: None,
+            auth: None,
             env: Vec::new(),
         }
     }
@@ -182,6 +188,14 @@ impl Spec {
     #[must_use]
     pub fn email(mut self, smtp_url: impl Into<String>, delay: Duration) -> Self {
         self.email = Some((smtp_url.into(), delay));
+        self
+    }
+
+    /// How an in-process gateway verifies tokens (default: HS256 with [`TEST_JWT_SECRET`]). A
+    /// binary takes its `PARLEY_JWT_*` and `PARLEY_JWKS_URL` from [`Spec::env`] instead.
+    #[must_use]
+    pub fn auth(mut self, auth: parley_gateway::AuthConfig) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -490,7 +504,11 @@ impl Service {
                 let config = parley_gateway::Config {
                     nats_url: endpoints.nats_url.clone(),
                     database_url: endpoints.database_url(Kind::Gateway).to_owned(),
-                    jwt_secret: TEST_JWT_SECRET.to_owned(),
+                    auth: self
+                        .spec
+                        .auth
+                        .clone()
+                        .unwrap_or_else(|| parley_gateway::AuthConfig::secret(TEST_JWT_SECRET)),
                     listen,
                     stream_replicas: 1,
                     db_pool_size: 8,

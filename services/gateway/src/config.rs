@@ -1,10 +1,12 @@
 //! The gateway's configuration, read once from the environment and passed down explicitly.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use parley_service::config::{self, CommonConfig, ConfigError};
 use parley_transcript::keys::TranscriptKeys;
 
+use crate::auth::{AuthConfig, PublicKey};
 use crate::limits::LimitConfig;
 
 #[derive(Clone)]
@@ -14,8 +16,9 @@ pub struct Config {
     pub nats_url: String,
     /// `DATABASE_URL`
     pub database_url: String,
-    /// `PARLEY_JWT_SECRET`: the HS256 key tokens are signed with. Required.
-    pub jwt_secret: String,
+    /// `PARLEY_JWT_SECRET`, `PARLEY_JWT_PUBLIC_KEYS`, `PARLEY_JWKS_URL` (at least one) and
+    /// `PARLEY_JWT_ISSUER`, `PARLEY_JWT_AUDIENCE`: how tokens are verified.
+    pub auth: AuthConfig,
     /// `PARLEY_LISTEN`: where HTTP and Socket.IO are served.
     pub listen: SocketAddr,
     /// `PARLEY_STREAM_REPLICAS`: replicas of the streams this gateway creates (default 1).
@@ -37,7 +40,7 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &self.nats_url)
             .field("listen", &self.listen)
             .field("limits", &self.limits)
-            .field("jwt_secret", &"<redacted>")
+            .field("auth", &self.auth)
             .field("transcript_keys", &self.transcript_keys)
             .finish_non_exhaustive()
     }
@@ -46,11 +49,11 @@ impl std::fmt::Debug for Config {
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env()?;
-        let jwt_secret = config::required("PARLEY_JWT_SECRET")?;
+        let auth = auth()?;
         Ok(Self {
             nats_url: common.nats_url,
             database_url: config::or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/parley"),
-            jwt_secret,
+            auth,
             listen: config::parsed("PARLEY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             stream_replicas: common.stream_replicas,
             db_pool_size: config::parsed("PARLEY_DB_POOL_SIZE", 16u32)?,
@@ -80,4 +83,39 @@ fn transcript_keys() -> Result<TranscriptKeys, ConfigError> {
         },
         problem: error.to_string(),
     })
+}
+
+/// How tokens are verified; at least one way must be configured.
+fn auth() -> Result<AuthConfig, ConfigError> {
+    let mut auth = AuthConfig::none();
+    auth.secret = config::optional("PARLEY_JWT_SECRET");
+    if let Some(path) = config::optional("PARLEY_JWT_PUBLIC_KEYS").map(PathBuf::from) {
+        let problem = |problem: String| ConfigError {
+            variable: "PARLEY_JWT_PUBLIC_KEYS",
+            problem: format!("{}: {problem}", path.display()),
+        };
+        let text = std::fs::read(&path).map_err(|e| problem(format!("cannot read it: {e}")))?;
+        auth.public_keys = PublicKey::parse_pem(&text).map_err(problem)?;
+    }
+    if let Some(raw) = config::optional("PARLEY_JWKS_URL") {
+        let url = reqwest::Url::parse(&raw)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "https" | "http") && url.has_host())
+            .ok_or_else(|| ConfigError {
+                variable: "PARLEY_JWKS_URL",
+                problem: format!("{raw:?} is not an http(s) URL"),
+            })?;
+        auth.jwks_url = Some(url);
+    }
+    auth.issuer = config::optional("PARLEY_JWT_ISSUER");
+    auth.audience = config::optional("PARLEY_JWT_AUDIENCE");
+    if !auth.can_verify() {
+        return Err(ConfigError {
+            variable: "PARLEY_JWT_SECRET",
+            problem:
+                "must be set, or PARLEY_JWT_PUBLIC_KEYS or PARLEY_JWKS_URL: the gateway needs a way to verify tokens"
+                    .into(),
+        });
+    }
+    Ok(auth)
 }

@@ -107,14 +107,14 @@ pub(crate) struct Caller(pub(crate) UserId);
 pub(crate) struct Sender(pub(crate) UserId);
 
 /// The bearer token's user, and the token.
-fn bearer<'a>(parts: &'a Parts, state: &AppState) -> Result<(UserId, &'a str), ApiError> {
+async fn bearer<'a>(parts: &'a Parts, state: &AppState) -> Result<(UserId, &'a str), ApiError> {
     let token = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(Authenticator::bearer)
         .ok_or_else(ApiError::unauthorized)?;
-    let identity = state.auth.verify(token).ok_or_else(ApiError::unauthorized)?;
+    let identity = state.auth.verify(token).await.ok_or_else(ApiError::unauthorized)?;
     Ok((identity.user, token))
 }
 
@@ -122,7 +122,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (user, token) = bearer(parts, state)?;
+        let (user, token) = bearer(parts, state).await?;
         state.limits.spend_request(token)?;
         Ok(Caller(user))
     }
@@ -132,7 +132,7 @@ impl FromRequestParts<AppState> for Sender {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        bearer(parts, state).map(|(user, _)| Sender(user))
+        bearer(parts, state).await.map(|(user, _)| Sender(user))
     }
 }
 

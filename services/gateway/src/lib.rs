@@ -25,6 +25,7 @@ mod drain;
 mod error;
 mod fanout;
 mod http;
+mod jwks;
 mod lifetimes;
 mod limits;
 mod listener;
@@ -51,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use auth::{AuthConfig, KeyFamily, PublicKey};
 pub use config::Config;
 pub use limits::LimitConfig;
 
@@ -197,8 +199,21 @@ impl Application {
         let sweeping = limits.start_sweeping(background_stop.clone());
         let (lifetimes, deadlines) = Lifetimes::new();
         let transcripts = transcripts::Transcripts::new(store.clone(), config.transcript_keys.clone());
+        let auth = Authenticator::new(&config.auth);
+        let jwks_refresher = match auth.jwks() {
+            Some(jwks) => {
+                // Fetched before serving, so the provider's tokens work from the first request;
+                // one that fails is retried by the schedule and by the first unknown `kid`.
+                jwks.refresh().await;
+                Some(
+                    jwks.clone()
+                        .start_refreshing(config.auth.jwks_refresh, background_stop.clone()),
+                )
+            }
+            None => None,
+        };
         let state = AppState(Arc::new(Services {
-            auth: Authenticator::new(&config.jwt_secret),
+            auth,
             messaging: Messaging::new(
                 store,
                 js.clone(),
@@ -272,6 +287,9 @@ impl Application {
         let _ = presence_writer.await;
         let _ = sweeping.await;
         let _ = expiring.await;
+        if let Some(refresher) = jwks_refresher {
+            let _ = refresher.await;
+        }
         Ok(())
     }
 }

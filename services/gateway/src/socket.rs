@@ -61,7 +61,7 @@ async fn authenticate(
     State(state): State<AppState>,
 ) -> Result<(), ConnectRefused> {
     let token = handshake.map_err(|_| ConnectRefused::Unauthorized)?.token;
-    let identity = state.auth.verify(&token).ok_or(ConnectRefused::Unauthorized)?;
+    let identity = state.auth.verify(&token).await.ok_or(ConnectRefused::Unauthorized)?;
     let user = identity.user;
     // Counted from here on; released by `on_disconnect`, which every socket that gets this far
     // reaches.

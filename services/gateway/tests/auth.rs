@@ -1,4 +1,5 @@
-//! Identity: HS256 tokens only, with `exp` and a UUID `sub`, for sockets and HTTP alike.
+//! Identity with the shared secret: HS256 tokens with `exp` and a UUID `sub`, for sockets and HTTP
+//! alike (the identity provider's asymmetric tokens: identity_provider.rs).
 
 // A test's unwrap is one of its assertions: its failure is the test's failure.
 #![allow(clippy::unwrap_used)]
