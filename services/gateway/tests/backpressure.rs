@@ -353,10 +353,11 @@ async fn a_client_that_asks_and_never_reads_is_cut_and_leaves_the_gateways_memor
         grew / MIB
     );
 
-    // Once the client is gone its answers are freed, and the memory comes back.
-    let after = parley_test_support::eventually("the memory to come back", WAIT, || async {
+    // Once the client is gone its answers are freed, and the memory comes back to the system
+    // (the allocator returns freed pages over about ten seconds; the bound is generous).
+    let after = parley_test_support::eventually("the memory to come back", Duration::from_secs(60), || async {
         let (now, _) = memory_of(pid);
-        (now < before + 64 * MIB).then_some(now)
+        (now < before + 16 * MIB).then_some(now)
     })
     .await;
     println!("resident memory after the client left: {} MiB", after / MIB);
