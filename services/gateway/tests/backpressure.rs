@@ -366,3 +366,62 @@ async fn a_client_that_asks_and_never_reads_is_cut_and_leaves_the_gateways_memor
     let listed = ask(&socket, "conversation:list", json!({})).await;
     assert_eq!(listed["ok"], true, "{listed}");
 }
+
+/// Sessions that never log in and announce binary attachments, measured on the gateway's own
+/// process: none of it is kept. Before login two things end such a session: the binary rule,
+/// and socketioxide itself (with the rule switched off the session is still closed, "1", before
+/// any attachment is taken), so this test holds with either; the test above checks the rule
+/// after login, where only it applies.
+#[tokio::test]
+async fn connections_that_announce_binary_attachments_before_login_leave_the_gateways_memory_flat() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use parley_test_support::stack::{Spec, TestStack};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let stack = TestStack::builder().build().await;
+    let gateway = stack.start(Spec::gateway().binary()).await;
+    let pid = gateway.pid().expect("a gateway process");
+    let (before, _) = memory_of(pid);
+    // Twenty engine.io sessions that never log in, each announcing 99 attachments and sending
+    // them, 100 kB each (about 200 MB in all, were they kept).
+    let attachment = vec![0u8; 100_000];
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gateway.addr);
+    let mut closed = 0;
+    for _ in 0..20 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let open = ws.next().await.unwrap().unwrap();
+        assert!(open.to_text().unwrap().starts_with('0'), "{open:?}");
+        let announce = r#"4599-["message:send",{"_placeholder":true,"num":0}]"#;
+        let mut refused = ws.send(Frame::text(announce)).await.is_err();
+        for _ in 0..99 {
+            if refused {
+                break;
+            }
+            refused = ws.send(Frame::binary(attachment.clone())).await.is_err();
+        }
+        // The gateway ends the session; whatever it sent before that is read to the end.
+        let ended = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if matches!(frame, Frame::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        if ended.is_ok() {
+            closed += 1;
+        }
+    }
+    let (_, peak) = memory_of(pid);
+    println!(
+        "resident memory {} MiB before twenty binary-announcing sessions, peak {} MiB",
+        before / MIB,
+        peak / MIB
+    );
+    assert_eq!(closed, 20, "every such session is closed");
+    assert!(
+        peak < before + 16 * MIB,
+        "resident memory grew by {} MiB",
+        peak.saturating_sub(before) / MIB
+    );
+}
