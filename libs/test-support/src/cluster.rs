@@ -39,6 +39,29 @@ pub fn shipped_config(index: usize) -> PathBuf {
         .join(format!("node-{}.conf", index + 1))
 }
 
+/// How the nodes keep JetStream writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// As `nats/cluster/` ships: `sync_interval: always`, each write on disk before its ack.
+    Shipped,
+    /// nats-server's default, an fsync every two minutes: the shipped files without their
+    /// `sync_interval` line.
+    Default,
+}
+
+/// `config` without its `sync_interval` line; panics when it has none (the shipped files do).
+pub fn without_sync_interval(config: &str) -> String {
+    let kept: Vec<&str> = config
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("sync_interval"))
+        .collect();
+    assert!(
+        kept.len() < config.lines().count(),
+        "the cluster configuration has no `sync_interval` line to drop"
+    );
+    kept.join("\n") + "\n"
+}
+
 /// Where one node listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
@@ -153,6 +176,12 @@ impl NatsCluster {
     /// Starts the three nodes and waits until the cluster has formed: every node routed to the
     /// two others and a JetStream meta leader that every node agrees on.
     pub async fn start() -> NatsCluster {
+        Self::start_with(Fsync::Shipped).await
+    }
+
+    /// [`NatsCluster::start`], with JetStream writes fsynced as the shipped files say, or on
+    /// nats-server's default (every two minutes): the benchmark's second pass.
+    pub async fn start_with(fsync: Fsync) -> NatsCluster {
         let dir = std::env::temp_dir().join(format!("parley-cluster-{}", uuid::Uuid::new_v4().simple()));
         let ports: Vec<Ports> = (0..NODES)
             .map(|_| Ports {
@@ -167,7 +196,10 @@ impl NatsCluster {
             let node_dir = dir.join(format!("node-{}", index + 1));
             std::fs::create_dir_all(&node_dir).expect("node folder");
             let shipped = std::fs::read_to_string(shipped_config(index)).expect("nats/cluster node configuration");
-            let config = derive_config(&shipped, ports, &peers, &node_dir.join("jetstream"));
+            let mut config = derive_config(&shipped, ports, &peers, &node_dir.join("jetstream"));
+            if fsync == Fsync::Default {
+                config = without_sync_interval(&config);
+            }
             std::fs::write(node_dir.join("nats.conf"), config).expect("write node configuration");
             let name = server_name(&shipped).unwrap_or_else(|| format!("nats-{}", index + 1));
             nodes.push(Node {
@@ -233,6 +265,11 @@ impl NatsCluster {
     /// The derived configuration file of node `index`.
     pub fn config_path(&self, index: usize) -> PathBuf {
         self.nodes[index].config_path()
+    }
+
+    /// The process id of node `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index].process.as_ref().and_then(Process::pid)
     }
 
     /// Whether node `index`'s process runs (a frozen one does).
@@ -399,6 +436,46 @@ impl NatsCluster {
         self.nodes[index].spawn();
     }
 
+    /// Stops node `index` as an operator's rolling restart does (SIGTERM, waiting for it to exit)
+    /// and starts it again on its ports and its store folder.
+    pub fn graceful_restart(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.stop();
+        }
+        self.nodes[index].spawn();
+    }
+
+    /// The names of every stream in the cluster (`$JS.API.STREAM.NAMES`), `None` while it does
+    /// not answer.
+    pub async fn stream_names(&self, client: &async_nats::Client) -> Option<Vec<String>> {
+        let request = client.request("$JS.API.STREAM.NAMES", "{}".into());
+        let reply = tokio::time::timeout(Duration::from_secs(3), request).await.ok()?.ok()?;
+        let names: Value = serde_json::from_slice(&reply.payload).ok()?;
+        names["streams"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+    }
+
+    /// Waits until the cluster is whole again after a fault: formed, and every stream (buckets
+    /// included) led, with each of its replicas current.
+    pub async fn wait_healed(&self, client: &async_nats::Client) {
+        self.wait_formed().await;
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        let names = loop {
+            if let Some(names) = self.stream_names(client).await {
+                break names;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster did not list its streams within {CLUSTER_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for name in names {
+            self.wait_for_stream_current(client, &name).await;
+        }
+    }
+
     /// Kills node `index`, removes its JetStream store (a replaced disk) and starts it again.
     pub fn wipe_and_restart(&mut self, index: usize) {
         self.kill(index);
@@ -501,6 +578,9 @@ mod tests {
                     .collect()
             };
             assert_eq!(kept(&shipped), kept(&derived));
+            let unsynced = without_sync_interval(&derived);
+            assert!(!unsynced.contains("sync_interval"), "{unsynced}");
+            assert_eq!(unsynced.lines().count(), derived.lines().count() - 1);
         }
     }
 }
