@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// A refusal a client can see. The wire form is the snake_case code of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 401: no, bad or expired token.

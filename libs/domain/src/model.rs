@@ -2,25 +2,30 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A message as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: Uuid,
     pub conversation_id: Uuid,
     pub project_id: Uuid,
     pub sender_id: Uuid,
+    #[schema(min_length = 1, max_length = 5000)]
     pub body: String,
     /// The message's `PARLEY_CHAT` stream sequence: increases in the order sends were accepted.
+    #[schema(minimum = 1)]
     pub seq: i64,
     #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// The sender's idempotency key, null when none was given.
+    #[schema(required = true, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub client_msg_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Client,
@@ -36,14 +41,14 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConversationStatus {
     Active,
     Closed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Participant {
     pub user_id: Uuid,
@@ -52,11 +57,13 @@ pub struct Participant {
     pub last_read_seq: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastMessage {
     pub id: Uuid,
     pub sender_id: Uuid,
+    /// The body cut to at most 120 characters.
+    #[schema(max_length = 120)]
     pub preview: String,
     pub seq: i64,
     #[serde(with = "rfc3339")]
@@ -64,7 +71,7 @@ pub struct LastMessage {
 }
 
 /// A conversation as one of its participants sees it (`unreadCount` is the caller's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: Uuid,
@@ -72,6 +79,8 @@ pub struct Conversation {
     pub project_title: String,
     pub status: ConversationStatus,
     pub participants: Vec<Participant>,
+    /// The latest message, null in a conversation without one.
+    #[schema(required = true)]
     pub last_message: Option<LastMessage>,
     pub unread_count: i64,
     #[serde(with = "rfc3339")]
@@ -81,10 +90,12 @@ pub struct Conversation {
 }
 
 /// A transcript's size (entries chained) and head (`hash(size-1)`, 64 lowercase hex digits).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TranscriptSummary {
+    #[schema(minimum = 0)]
     pub size: i64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub head: String,
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// One side of a project, as the marketplace describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Party {
     pub id: Uuid,
@@ -20,7 +20,7 @@ pub struct Party {
 }
 
 /// `parley.project.started`: creates the project's conversation with exactly these two people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectStarted {
     pub project_id: Uuid,
@@ -50,7 +50,7 @@ impl ProjectStarted {
 }
 
 /// `parley.project.closed`: the conversation turns read-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectClosed {
     pub project_id: Uuid,
@@ -114,12 +114,13 @@ pub struct TypingChanged {
 }
 
 /// `parley.notification.<recipientId>`: the contract's notification of a new message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub id: Uuid,
     /// Always `message.new`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^message\\.new$", example = "message.new")]
     pub kind: String,
     pub recipient_id: Uuid,
     #[serde(with = "rfc3339")]
@@ -129,14 +130,14 @@ pub struct Notification {
     pub message: NotificationMessage,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationProject {
     pub id: Uuid,
     pub title: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationMessage {
     pub id: Uuid,

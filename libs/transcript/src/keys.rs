@@ -39,24 +39,36 @@ impl std::fmt::Debug for TranscriptKeys {
 }
 
 /// One listed key, as `GET /v1/transcript-keys` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListedKey {
+    /// The first 16 hex digits of SHA-256 of the raw public key.
+    #[schema(pattern = "^[0-9a-f]{16}$")]
     pub key_id: String,
+    /// Always `ed25519`.
+    #[schema(example = "ed25519")]
     pub algorithm: String,
+    /// Base64 (standard, padded) of the raw 32-byte public key.
     pub public_key: String,
     pub current: bool,
 }
 
 /// A signed statement that the transcript's first `size` entries end in `head`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
     pub conversation_id: Uuid,
+    #[schema(minimum = 0)]
     pub size: i64,
+    /// `hash(size-1)`, 64 lowercase hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub head: String,
+    /// RFC 3339 UTC.
+    #[schema(format = DateTime)]
     pub signed_at: String,
+    #[schema(pattern = "^[0-9a-f]{16}$")]
     pub key_id: String,
+    /// Base64 of the Ed25519 signature over `parley-transcript/1\n<conversationId>\n<size>\n<head>\n<signedAt>\n`.
     pub signature: String,
 }
 

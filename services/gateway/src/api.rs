@@ -16,6 +16,7 @@ use parley_domain::{Conversation, Message};
 use parley_store::HistoryQuery;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -181,15 +182,45 @@ pub(crate) fn parse_conversation_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// `message:send` and `POST /v1/conversations/{id}/messages`:
 /// `{conversationId, body, clientMsgId?}` (over HTTP the id is the URL's).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SendPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
+    /// 1 to 5000 characters, not blank, no control characters but tab, line feed and carriage
+    /// return.
     #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 5000)]
     body: Field<String>,
+    /// Makes the send idempotent: a repeat returns the first message.
     #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     client_msg_id: Field<String>,
+}
+
+/// The body of `POST /v1/conversations/{id}/messages`: a send without its conversation, which is
+/// the URL's.
+#[derive(ToSchema)]
+#[schema(as = SendBody)]
+#[allow(dead_code)]
+pub(crate) struct SendBody {
+    /// 1 to 5000 characters, not blank, no control characters but tab, line feed and carriage
+    /// return.
+    #[schema(min_length = 1, max_length = 5000)]
+    body: String,
+    /// Makes the send idempotent: a repeat returns the first message (200 instead of 201).
+    #[schema(rename = "clientMsgId", max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
+    client_msg_id: Option<String>,
+}
+
+/// The body of `POST /v1/conversations/{id}/read`, which may also be empty.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct MarkReadBody {
+    /// The message to move the read mark up to; without it, the conversation's latest.
+    #[schema(rename = "messageId")]
+    message_id: Option<Uuid>,
 }
 
 impl SendPayload {
@@ -218,10 +249,11 @@ impl SendPayload {
 }
 
 /// A payload naming only a conversation: `conversation:leave`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConversationPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
 }
 
@@ -232,16 +264,23 @@ impl ConversationPayload {
 }
 
 /// `conversation:history`: `{conversationId, beforeSeq?, afterSeq?, limit?}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct HistoryPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
+    /// Messages below this `seq`.
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     before_seq: Field<i64>,
+    /// Messages above this `seq`.
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     after_seq: Field<i64>,
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Field<i64>,
 }
 
@@ -261,12 +300,19 @@ impl HistoryPayload {
     }
 }
 
-/// The query of `GET /v1/conversations/{id}/messages`.
-#[derive(Deserialize)]
+/// The query of `GET /v1/conversations/{id}/messages`; without bounds, the latest page.
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
+    /// Messages below this `seq`.
+    #[param(minimum = 1)]
     before_seq: Option<i64>,
+    /// Messages above this `seq`.
+    #[param(minimum = 0)]
     after_seq: Option<i64>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -299,12 +345,15 @@ fn history_query(
 }
 
 /// `conversation:join`: `{conversationId, lastSeq?}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct JoinPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
+    /// Replay what came after this `seq`; omitted, after the caller's own `lastReadSeq`.
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     last_seq: Field<i64>,
 }
 
@@ -321,12 +370,14 @@ impl JoinPayload {
 }
 
 /// `conversation:typing`: `{conversationId, isTyping}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TypingPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
     #[serde(default)]
+    #[schema(value_type = bool, required = true)]
     is_typing: Field<bool>,
 }
 
@@ -342,12 +393,15 @@ impl TypingPayload {
 
 /// `conversation:markRead` and `POST /v1/conversations/{id}/read`: `{conversationId, messageId?}`
 /// (over HTTP the id is the URL's).
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MarkReadPayload {
     #[serde(default)]
+    #[schema(value_type = Uuid, required = true)]
     conversation_id: Field<Uuid>,
+    /// The message to move the read mark up to; without it, the conversation's latest.
     #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
     message_id: Field<Uuid>,
 }
 
@@ -366,31 +420,76 @@ impl MarkReadPayload {
 }
 
 /// A send's answer: the stored message (the first one, for a repeated `clientMsgId`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct SendReply {
     pub(crate) message: Message,
 }
 
 /// `GET /v1/conversations/{id}/checkpoint`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct CheckpointReply {
     pub(crate) checkpoint: parley_transcript::keys::Checkpoint,
 }
 
 /// `GET /v1/transcript-keys`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct TranscriptKeysReply {
     pub(crate) keys: Vec<parley_transcript::keys::ListedKey>,
 }
 
 /// `conversation:list` and `GET /v1/conversations`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct ListReply {
     pub(crate) conversations: Vec<Conversation>,
 }
 
+/// `GET /v1/conversations/{id}/transcript`: the export (contract, "Transcripts"). It is written
+/// as it streams from Postgres (see `transcripts`), so this type only describes it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TranscriptExport {
+    /// Always `parley-transcript/1`.
+    #[schema(example = "parley-transcript/1")]
+    format: String,
+    #[schema(rename = "conversationId")]
+    conversation_id: Uuid,
+    entries: Vec<TranscriptEntry>,
+    checkpoint: parley_transcript::keys::Checkpoint,
+}
+
+/// One chained entry: `n`, `kind`, the kind's fields (camelCase; `seq` a number, every other a
+/// string or null) and `hash`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TranscriptEntry {
+    #[schema(minimum = 0)]
+    n: i64,
+    kind: EntryKind,
+    /// `hash(n)`, 64 lowercase hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    hash: String,
+}
+
+/// What an entry records.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum EntryKind {
+    Started,
+    Message,
+    Read,
+    Closed,
+}
+
+/// `GET /readyz`: whether each dependency answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ReadyReply {
+    pub(crate) nats: bool,
+    pub(crate) postgres: bool,
+}
+
 /// A history page.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct HistoryReply {
     pub(crate) messages: Vec<Message>,
@@ -398,22 +497,24 @@ pub(crate) struct HistoryReply {
 }
 
 /// `conversation:join`: the conversation, and what the replay sent.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct JoinReply {
     pub(crate) conversation: Conversation,
+    /// How many messages the replay emitted before this ack.
     pub(crate) replayed: usize,
+    /// False when more remain than one replay sends (1000): page the rest with history.
     pub(crate) complete: bool,
 }
 
 /// A read mark's answer: where the caller's mark now is.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MarkReadReply {
     pub(crate) last_read_seq: i64,
 }
 
 /// An answer with nothing to say but `ok`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Done {}
 
 #[cfg(test)]

@@ -9,6 +9,25 @@ use parley_domain::error::Refusal;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// An HTTP error body: `{"error": {"code", "message"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorObject,
+}
+
+/// The error object of HTTP bodies and (with `retryAfterMs` when rate-limited) socket acks.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ErrorObject {
+    pub(crate) code: ErrorCode,
+    /// For people: what went wrong, never an internal cause.
+    pub(crate) message: String,
+    /// Socket acks only, when `rate_limited`: how long to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub(crate) retry_after_ms: Option<u64>,
+}
+
 /// Why a dependency did not answer, for the log.
 pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -145,7 +164,14 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
-        let mut response = (status, Json(json!({ "error": self.body() }))).into_response();
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code(),
+                message: self.public_message(),
+                retry_after_ms: None,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
         if let Some(wait) = self.retry_after() {
             // Whole seconds, rounded up: a client retrying then finds the bucket refilled.
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

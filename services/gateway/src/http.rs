@@ -9,15 +9,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use parley_domain::Conversation;
-use serde_json::json;
 
 use crate::AppState;
 use crate::api::{
-    CheckpointReply, HistoryParams, HistoryReply, ListReply, MarkReadPayload, MarkReadReply, Object, SendPayload,
-    SendReply, TranscriptKeysReply, parse_conversation_id,
+    CheckpointReply, HistoryParams, HistoryReply, ListReply, MarkReadBody, MarkReadPayload, MarkReadReply, Object,
+    ReadyReply, SendBody, SendPayload, SendReply, TranscriptExport, TranscriptKeysReply, parse_conversation_id,
 };
 use crate::auth::{Authenticator, UserId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::messaging::record_send;
 
 /// Largest request body: a send's is at most ~30 KiB of JSON, as on the socket.
@@ -84,7 +83,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/transcript", get(transcript))
         .route("/v1/conversations/{id}/checkpoint", get(checkpoint))
         .route("/v1/transcript-keys", get(transcript_keys))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -136,11 +136,40 @@ impl FromRequestParts<AppState> for Sender {
     }
 }
 
+/// The caller's conversations, latest activity first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's conversations", body = ListReply),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn list_conversations(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<ListReply>, ApiError> {
     let conversations = state.messaging.conversations(user).await?;
     Ok(Json(ListReply { conversations }))
 }
 
+/// One conversation of the caller's.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "The conversation", body = Conversation),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn get_conversation(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -150,6 +179,22 @@ async fn get_conversation(
     Ok(Json(state.messaging.conversation(user, id).await?))
 }
 
+/// A page of history, ascending by `seq`.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id"), HistoryParams),
+    responses(
+        (status = 200, description = "The page", body = HistoryReply),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn history(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -166,6 +211,26 @@ async fn history(
     }))
 }
 
+/// Sends a message; answered once it is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id")),
+    request_body = SendBody,
+    responses(
+        (status = 201, description = "Sent", body = SendReply),
+        (status = 200, description = "A repeated clientMsgId: the first message", body = SendReply),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 409, description = "conversation_closed", body = ErrorBody),
+        (status = 413, description = "invalid_request: a body over the limit", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn send_message(
     State(state): State<AppState>,
     Sender(user): Sender,
@@ -188,6 +253,24 @@ async fn send_message(
     Ok((status, Json(SendReply { message: sent.message })))
 }
 
+/// Moves the caller's read mark.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/read",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id")),
+    request_body(content = MarkReadBody, description = "`{}` (or an empty body) marks everything read"),
+    responses(
+        (status = 200, description = "Where the caller's mark now is", body = MarkReadReply),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 413, description = "invalid_request: a body over the limit", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 /// `POST /v1/conversations/{id}/read` with an optional `{messageId}`; an empty body marks all.
 async fn mark_read(
     State(state): State<AppState>,
@@ -209,6 +292,21 @@ async fn mark_read(
     Ok(Json(MarkReadReply { last_read_seq }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/transcript",
+    tag = "transcripts",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "The transcript export, streamed", body = TranscriptExport),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 /// `GET /v1/conversations/{id}/transcript`: the export, streamed.
 async fn transcript(
     State(state): State<AppState>,
@@ -220,6 +318,21 @@ async fn transcript(
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/checkpoint",
+    tag = "transcripts",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "The transcript's current checkpoint, signed now", body = CheckpointReply),
+        (status = 400, description = "invalid_request (a malformed id or parameter) or invalid_message", body = ErrorBody),
+        (status = 401, description = "unauthorized: no, bad or expired token", body = ErrorBody),
+        (status = 404, description = "not_found: no such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "rate_limited (with Retry-After)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        (status = 503, description = "unavailable: NATS or Postgres did not answer; retry", body = ErrorBody),
+    )
+)]
 /// `GET /v1/conversations/{id}/checkpoint`: `{checkpoint}`, signed now.
 async fn checkpoint(
     State(state): State<AppState>,
@@ -231,6 +344,12 @@ async fn checkpoint(
     Ok(Json(CheckpointReply { checkpoint }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transcript-keys",
+    tag = "transcripts",
+    responses((status = 200, description = "The checkpoint signing keys, current and retired", body = TranscriptKeysReply))
+)]
 /// `GET /v1/transcript-keys`: no token needed.
 async fn transcript_keys(State(state): State<AppState>) -> Json<TranscriptKeysReply> {
     Json(TranscriptKeysReply {
@@ -245,6 +364,16 @@ async fn readiness(state: &AppState) -> (bool, bool) {
     (nats, postgres)
 }
 
+/// Whether this gateway can serve: NATS and Postgres answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = ReadyReply),
+        (status = 503, description = "NATS or Postgres does not answer", body = ReadyReply)
+    )
+)]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (nats, postgres) = readiness(&state).await;
     let status = if nats && postgres {
@@ -252,9 +381,40 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "nats": nats, "postgres": postgres })))
+    (status, Json(ReadyReply { nats, postgres }))
 }
 
+/// The process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Running", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This API's OpenAPI 3.1 document (the one in docs/openapi.json).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
+)]
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"))
+)]
 /// `GET /metrics`: Prometheus text, with `parley_gateway_ready` (1 or 0, what `/readyz` would
 /// answer) taken at the scrape, so an alert sees a gateway that is up but cannot serve.
 async fn metrics(State(state): State<AppState>) -> String {

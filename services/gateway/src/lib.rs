@@ -31,6 +31,7 @@ mod limits;
 mod listener;
 mod membership;
 mod messaging;
+pub mod openapi;
 mod presence;
 mod recent;
 mod replay;
