@@ -18,6 +18,7 @@
 //! beneath all three.
 
 mod api;
+pub mod asyncapi;
 mod auth;
 mod config;
 mod connection;

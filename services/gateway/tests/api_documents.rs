@@ -1,9 +1,11 @@
 //! The API documents in docs/ are what the code generates: docs/openapi.json is the OpenAPI 3.1
 //! document the gateway serves at `GET /v1/openapi.json` (from the handlers' annotations and the
-//! types they read and answer).
+//! types they read and answer), and docs/asyncapi.yaml the AsyncAPI 3.0 document of the Socket.IO
+//! events and NATS subjects (with the JSON Schemas of the same types), which must also validate
+//! against the AsyncAPI 3.0 schema.
 //!
 //! After a change to the API, `PARLEY_UPDATE_DOCS=1 cargo test -p parley-gateway --test
-//! api_documents` rewrites it; review the diff and commit it.
+//! api_documents` rewrites both files; review the diff and commit it.
 
 // A test's unwrap is one of its assertions: its failure is the test's failure.
 #![allow(clippy::unwrap_used)]
@@ -70,3 +72,56 @@ async fn the_committed_openapi_document_is_the_one_the_gateway_generates_and_ser
     assert_eq!(paths.len(), 11, "every route and nothing else: {paths:?}");
 }
 
+/// The AsyncAPI document as committed: YAML, generated from `parley_gateway::asyncapi`.
+fn asyncapi_yaml() -> String {
+    let header = "# Parley's AsyncAPI 3.0 document, generated from the code (services/gateway/src/asyncapi.rs)\n\
+                  # by `PARLEY_UPDATE_DOCS=1 cargo test -p parley-gateway --test api_documents`: do not edit.\n";
+    format!(
+        "{header}{}",
+        serde_norway::to_string(&parley_gateway::asyncapi::document()).unwrap()
+    )
+}
+
+#[test]
+fn the_committed_asyncapi_document_is_the_one_the_code_generates() {
+    let generated = asyncapi_yaml();
+    let file = committed("asyncapi.yaml", &generated);
+    assert!(
+        file == generated,
+        "docs/asyncapi.yaml differs from what the code generates: run PARLEY_UPDATE_DOCS=1 cargo test -p parley-gateway --test api_documents"
+    );
+    // The YAML reads back as the document (tests/js validates it against the AsyncAPI 3.0 schema).
+    let read: Value = serde_norway::from_str(&file).unwrap();
+    assert_eq!(read, parley_gateway::asyncapi::document());
+    assert_eq!(read["asyncapi"], "3.0.0");
+    let messages = read["channels"]["socket"]["messages"].as_object().unwrap();
+    let events: Vec<&str> = messages.values().filter_map(|m| m["name"].as_str()).collect();
+    for event in [
+        "message:send",
+        "conversation:join",
+        "conversation:leave",
+        "conversation:typing",
+        "conversation:markRead",
+        "conversation:list",
+        "conversation:history",
+        "message:new",
+        "message:read",
+        "conversation:read",
+    ] {
+        assert!(events.contains(&event), "{event} is documented: {events:?}");
+    }
+    for subject in [
+        "parley.project.started",
+        "parley.project.closed",
+        "parley.notification.{recipientId}",
+    ] {
+        assert!(
+            read["channels"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|c| c["address"] == subject),
+            "{subject} is documented"
+        );
+    }
+}
