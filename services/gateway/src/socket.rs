@@ -113,29 +113,53 @@ struct Acked<T> {
 /// The socket's budget of events other than sends (`PARLEY_EVENT_RATE`).
 type Budget = Arc<EventBudget>;
 
-/// Requests a socket may have in hand at once (received, not yet answered). Each holds what its
-/// operation reads until it answers; past the bound a request is refused `rate_limited` at
-/// once, so a client firing requests faster than they complete holds a bounded amount.
-const REQUESTS_IN_FLIGHT: usize = 32;
+/// Requests of one socket that run at once; the others wait their turn. Each running request
+/// holds what its operation reads until it answers.
+const REQUESTS_RUNNING: usize = 32;
 
-/// The socket's requests in hand, as permits of [`REQUESTS_IN_FLIGHT`].
+/// Requests a socket may have in hand at once, running or waiting. Above a burst the event rate
+/// allows (`PARLEY_EVENT_RATE` twice over, 200 by default), so a client within its rate is
+/// never refused for this; past it a request is refused `rate_limited` at once, so a client
+/// whose requests arrive faster than they complete holds a bounded amount.
+const REQUESTS_IN_HAND: usize = 256;
+
+/// The socket's requests in hand ([`REQUESTS_IN_HAND`]) and running ([`REQUESTS_RUNNING`]).
 #[derive(Clone)]
-struct InFlight(Arc<tokio::sync::Semaphore>);
+struct InFlight {
+    in_hand: Arc<tokio::sync::Semaphore>,
+    running: Arc<tokio::sync::Semaphore>,
+}
 
 impl Default for InFlight {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT)))
+        Self {
+            in_hand: Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_HAND)),
+            running: Arc::new(tokio::sync::Semaphore::new(REQUESTS_RUNNING)),
+        }
     }
 }
 
-/// How long a request refused for [`REQUESTS_IN_FLIGHT`] is told to wait.
-const IN_FLIGHT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+impl InFlight {
+    /// Runs `operation` as one of the socket's requests, or refuses it when the socket has
+    /// [`REQUESTS_IN_HAND`] already.
+    async fn run<T>(&self, operation: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+        let Ok(_in_hand) = self.in_hand.clone().try_acquire_owned() else {
+            return Err(ApiError::rate_limited(IN_HAND_RETRY));
+        };
+        // The semaphore is never closed.
+        let _running = self.running.acquire().await;
+        operation.await
+    }
+}
+
+/// How long a request refused for [`REQUESTS_IN_HAND`] is told to wait.
+const IN_HAND_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One client event's whole outline: counts it
 /// (`parley_gateway_events_received_total{event}`), runs its operation if `admitted`, counts a
 /// refusal (`parley_gateway_refusals_total{event, code}`) and acknowledges the outcome, if the
-/// client asked for an acknowledgement. A request over the socket's [`REQUESTS_IN_FLIGHT`] is
-/// refused `rate_limited`. A socket that cannot take the ack is disconnected (see `connection`).
+/// client asked for an acknowledgement. The operation runs as one of the socket's requests
+/// in hand ([`InFlight`]). A socket that cannot take the ack is disconnected (see `connection`).
 async fn respond<T: Serialize>(
     socket: &SocketRef,
     event: &'static str,
@@ -144,15 +168,9 @@ async fn respond<T: Serialize>(
     operation: impl Future<Output = Result<T, ApiError>>,
 ) {
     metrics::counter!("parley_gateway_events_received_total", "event" => event).increment(1);
-    let permit = socket
-        .extensions
-        .get::<InFlight>()
-        .map(|InFlight(permits)| permits.try_acquire_owned());
-    let outcome = match (admitted, permit) {
+    let outcome = match (admitted, socket.extensions.get::<InFlight>()) {
         (Err(refused), _) => Err(refused),
-        (Ok(()), Some(Err(_))) => Err(ApiError::rate_limited(IN_FLIGHT_RETRY)),
-        // The permit is held until the operation has its outcome.
-        (Ok(()), Some(Ok(_held))) => operation.await,
+        (Ok(()), Some(in_flight)) => in_flight.run(operation).await,
         (Ok(()), None) => operation.await,
     };
     let (bytes, sent) = match outcome {

@@ -238,6 +238,38 @@ async fn a_flood_of_requests_from_one_socket_is_refused_beyond_its_rate_while_an
 }
 
 #[tokio::test]
+async fn requests_beyond_what_one_socket_may_have_in_hand_are_refused_and_the_rest_answered() {
+    // No rate limit: only the bound on requests in hand (256) stands between a socket and the
+    // gateway. 2000 requests sent at once arrive far faster than history pages are read.
+    let stack = stack(1).await;
+    let project = stack.project("In hand").await;
+    let conversation = project.conversation_id();
+    let socket = stack.socket(0, project.client()).await;
+    for i in 0..20 {
+        send(&socket, conversation, &format!("message {i} {}", "z".repeat(1000))).await;
+    }
+    let acks = join_all((0..2000).map(|_| {
+        ask(
+            &socket,
+            "conversation:history",
+            json!({ "conversationId": conversation, "limit": 200 }),
+        )
+    }))
+    .await;
+    let served = acks.iter().filter(|ack| ack["ok"] == true).count();
+    for ack in acks.iter().filter(|ack| ack["ok"] != true) {
+        assert_eq!(code(ack), "rate_limited", "{ack}");
+        assert!(ack["error"]["retryAfterMs"].as_u64().is_some(), "{ack}");
+    }
+    assert!(served >= 256, "only {served} of 2000 answered");
+    assert!(served < 2000, "all 2000 answered: nothing bounds the requests in hand");
+    // The socket itself goes on: the next request is answered.
+    let again = ask(&socket, "conversation:list", json!({})).await;
+    assert_eq!(again["ok"], true, "{again}");
+    println!("one socket's 2000 simultaneous history requests: {served} answered, the rest refused");
+}
+
+#[tokio::test]
 async fn the_socket_cap_refuses_one_socket_more_and_a_closed_one_makes_room() {
     let mut stack = stack(0).await;
     let limits = LimitConfig {
