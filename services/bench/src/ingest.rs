@@ -81,9 +81,8 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
         .collect();
     create_conversations(&infra.db, &fixtures).await?;
 
-    let nats_pid = infra.nats.pid().unwrap_or(0);
     let bench_pid = std::process::id();
-    let meter = CpuMeter::start(&[("nats-server", nats_pid), ("bench", bench_pid)]);
+    let meter = CpuMeter::start(&infra.with_nats(&[("bench", bench_pid)]));
     let raw_before = raw_publish(&infra.js, &fixtures, sends, in_flight).await?;
     let raw_before_cpu = meter.finish(sends);
     eprintln!(
@@ -117,11 +116,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
 
     let before = stream_messages(&infra.js, parley_nats::CHAT_STREAM).await?;
     let metrics_before = scrape(addr).await;
-    let meter = CpuMeter::start(&[
-        ("gateway", gateway.child.id()),
-        ("nats-server", nats_pid),
-        ("bench", bench_pid),
-    ]);
+    let meter = CpuMeter::start(&infra.with_nats(&[("gateway", gateway.child.id()), ("bench", bench_pid)]));
     let gateway_run = socket_sends(&clients, &fixtures, sends).await?;
     let gateway_cpu = meter.finish(sends);
     let metrics_after = scrape(addr).await;
@@ -146,7 +141,7 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     drop(clients);
     drop(gateway);
 
-    let meter = CpuMeter::start(&[("nats-server", nats_pid), ("bench", bench_pid)]);
+    let meter = CpuMeter::start(&infra.with_nats(&[("bench", bench_pid)]));
     let raw_after = raw_publish(&infra.js, &fixtures, sends, in_flight).await?;
     let raw_after_cpu = meter.finish(sends);
     eprintln!("   raw publish again: {:.0}/s", raw_after.rate());

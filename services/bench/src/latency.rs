@@ -333,7 +333,7 @@ async fn watch_notifications(
             };
             runtime.block_on(async move {
                 let subscribed = async {
-                    let nats = async_nats::connect(url).await?;
+                    let nats = parley_nats::connect(&url, "parley-bench").await?;
                     let subscription = nats.subscribe("parley.notification.>").await?;
                     nats.flush().await?;
                     Ok::<_, anyhow::Error>((nats, subscription))
@@ -375,13 +375,12 @@ pub async fn run(context: &Context) -> anyhow::Result<Vec<Figure>> {
     let (gateway, addr) = infra.gateway(context)?;
     let persistence = infra.worker(context, "parley-persistence-worker", &[])?;
     let notification = infra.worker(context, "parley-notification-worker", &[])?;
-    let processes = [
+    let processes = infra.with_nats(&[
         ("gateway", gateway.child.id()),
-        ("nats-server", infra.nats.pid().unwrap_or(0)),
         ("persistence-worker", persistence.child.id()),
         ("notification-worker", notification.child.id()),
         ("bench", std::process::id()),
-    ];
+    ]);
     ready(addr).await?;
     let url = format!("http://{addr}");
     let pairs_wanted = context.size(1000, 1000);

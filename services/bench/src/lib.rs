@@ -59,6 +59,11 @@ pub struct Args {
     /// JetStream write before acknowledging it.
     #[arg(long, env = "PARLEY_BENCH_NATS_CONFIG", default_value = "nats/nats-server.conf")]
     pub nats_config: PathBuf,
+    /// Runs the ingest and latency parts on a three-node JetStream cluster started from
+    /// `nats/cluster/*.conf`, every stream replicated three times, against raw JetStream on the
+    /// same cluster; the report goes to `<out>/cluster`.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// How the nats-server of a part keeps JetStream writes.
@@ -80,6 +85,8 @@ pub struct Context {
     pub bin_dir: PathBuf,
     pub out: PathBuf,
     pub nats: NatsDurability,
+    /// Whether NATS is the three-node cluster (streams R3) rather than one server.
+    pub cluster: bool,
 }
 
 impl Context {
@@ -101,8 +108,13 @@ impl Context {
 
     /// A figure's name, marked when it was measured without fsync.
     pub fn figure_name(&self, name: &str) -> String {
+        let name = if self.cluster {
+            format!("{name}, 3-node cluster R3")
+        } else {
+            name.to_owned()
+        };
         match self.nats {
-            NatsDurability::Shipped(_) => name.to_owned(),
+            NatsDurability::Shipped(_) => name,
             NatsDurability::Unsynced => format!("{name}, NATS without fsync"),
         }
     }
@@ -125,15 +137,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let context = Context {
         mode: args.mode,
         bin_dir: args.bin_dir.clone(),
-        out: args.out.clone(),
+        out: if args.cluster {
+            args.out.join("cluster")
+        } else {
+            args.out.clone()
+        },
         nats: NatsDurability::Shipped(args.nats_config.clone()),
+        cluster: args.cluster,
     };
     let unsynced = Context {
         nats: NatsDurability::Unsynced,
         ..context.clone()
     };
     std::fs::create_dir_all(&context.out)?;
-    let parts = if args.only.is_empty() {
+    let parts = if args.cluster {
+        let parts = if args.only.is_empty() {
+            vec![Part::Ingest, Part::Latency]
+        } else {
+            args.only.clone()
+        };
+        anyhow::ensure!(
+            parts.iter().all(|p| matches!(p, Part::Ingest | Part::Latency)),
+            "--cluster measures the ingest and latency parts only"
+        );
+        parts
+    } else if args.only.is_empty() {
         vec![
             Part::Persistence,
             Part::Ingest,
@@ -187,6 +215,7 @@ mod tests {
             bin_dir: PathBuf::new(),
             out: PathBuf::new(),
             nats,
+            cluster: false,
         }
     }
 
@@ -202,5 +231,23 @@ mod tests {
         assert_eq!(unsynced.figure_name("Ingest"), "Ingest, NATS without fsync");
         assert_eq!(shipped.artifact("latency", "svg"), "latency.svg");
         assert_ne!(unsynced.artifact("latency", "svg"), shipped.artifact("latency", "svg"));
+    }
+
+    #[test]
+    fn figures_measured_on_the_cluster_say_so_in_both_passes() {
+        let config = PathBuf::from("nats/nats-server.conf");
+        let shipped = Context {
+            cluster: true,
+            ..context(NatsDurability::Shipped(config))
+        };
+        let unsynced = Context {
+            cluster: true,
+            ..context(NatsDurability::Unsynced)
+        };
+        assert_eq!(shipped.figure_name("Ingest"), "Ingest, 3-node cluster R3");
+        assert_eq!(
+            unsynced.figure_name("Ingest"),
+            "Ingest, 3-node cluster R3, NATS without fsync"
+        );
     }
 }

@@ -45,7 +45,11 @@ pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
         "node": version_of("node", &["--version"]),
         "rustc": version_of("rustc", &["--version"]),
     });
-    let nats_config = context.nats_config().map(|path| path.display().to_string());
+    let nats_config = if context.cluster {
+        Some("nats/cluster/node-{1,2,3}.conf".to_owned())
+    } else {
+        context.nats_config().map(|path| path.display().to_string())
+    };
     let report = json!({
         "mode": format!("{:?}", context.mode).to_lowercase(),
         "natsConfig": nats_config,
@@ -66,6 +70,14 @@ pub fn write(context: &Context, figures: &[Figure]) -> anyhow::Result<PathBuf> {
         report["versions"]["postgres"].as_str().unwrap_or(""),
         report["versions"]["node"].as_str().unwrap_or(""),
     ));
+    if context.cluster {
+        md.push_str(
+            "NATS is a three-node cluster on this machine, each node from its file in `nats/cluster/` \
+             (`sync_interval: always`: every JetStream write fsynced before it is acknowledged), every \
+             stream replicated three times (`PARLEY_STREAM_REPLICAS=3`); the baselines publish to the \
+             same cluster in the same run. ",
+        );
+    }
     md.push_str(&format!(
         "NATS runs with {}, which fsyncs every JetStream write before acknowledging it, as every stack \
          Parley ships does. Rows marked \"NATS without fsync\" repeat a part on nats-server's defaults \

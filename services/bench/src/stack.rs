@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use parley_test_support::cluster::{self, NatsCluster};
 use parley_test_support::smtp::free_port;
 use parley_test_support::{NatsServer, TEST_JWT_SECRET, TestDatabase};
 
@@ -64,20 +65,71 @@ impl Drop for Process {
     }
 }
 
+/// The NATS of one part: one server, or the three-node cluster (`--cluster`).
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// `NATS_URL`: the server's, or the three nodes' comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Single(server) => server.url(),
+            Nats::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Each nats-server process, named for the CPU figures.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        match self {
+            Nats::Single(server) => vec![("nats-server", server.pid().unwrap_or(0))],
+            Nats::Cluster(cluster) => ["nats-1", "nats-2", "nats-3"]
+                .into_iter()
+                .enumerate()
+                .map(|(index, name)| (name, cluster.pid(index).unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// How many times every stream is replicated: what the services are told.
+    pub fn replicas(&self) -> usize {
+        match self {
+            Nats::Single(_) => 1,
+            Nats::Cluster(_) => cluster::NODES,
+        }
+    }
+}
+
 /// NATS and Postgres of one part.
 pub struct Infra {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub db: TestDatabase,
     pub js: async_nats::jetstream::Context,
 }
 
 impl Infra {
     pub async fn start(context: &Context) -> anyhow::Result<Infra> {
-        let nats = NatsServer::start_with(context.nats_config());
+        let nats = if context.cluster {
+            let fsync = match context.nats {
+                crate::NatsDurability::Shipped(_) => cluster::Fsync::Shipped,
+                crate::NatsDurability::Unsynced => cluster::Fsync::Default,
+            };
+            Nats::Cluster(NatsCluster::start_with(fsync).await)
+        } else {
+            Nats::Single(NatsServer::start_with(context.nats_config()))
+        };
         let db = TestDatabase::create().await;
-        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-        parley_nats::ensure_streams(&js, 1).await?;
+        let js = async_nats::jetstream::new(parley_nats::connect(&nats.url(), "parley-bench").await?);
+        parley_nats::ensure_streams(&js, nats.replicas()).await?;
         Ok(Infra { nats, db, js })
+    }
+
+    /// `named` processes with every nats-server process among them, for a [`CpuMeter`].
+    pub fn with_nats(&self, named: &[(&'static str, u32)]) -> Vec<(&'static str, u32)> {
+        let mut all = named.to_vec();
+        all.extend(self.nats.processes());
+        all
     }
 
     pub fn gateway(&self, context: &Context) -> anyhow::Result<(Process, SocketAddr)> {
@@ -93,6 +145,7 @@ impl Infra {
             ("PARLEY_SEND_RATE", "0".to_owned()),
             ("PARLEY_EVENT_RATE", "0".to_owned()),
             ("PARLEY_MAX_SOCKETS_PER_USER", "0".to_owned()),
+            ("PARLEY_STREAM_REPLICAS", self.nats.replicas().to_string()),
         ];
         Ok((Process::spawn(&context.bin_dir.join("parley-gateway"), &env)?, addr))
     }
@@ -102,6 +155,7 @@ impl Infra {
             ("NATS_URL", self.nats.url()),
             ("DATABASE_URL", self.db.url.clone()),
             ("PARLEY_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+            ("PARLEY_STREAM_REPLICAS", self.nats.replicas().to_string()),
         ];
         env.extend(extra.iter().cloned());
         Process::spawn(&context.bin_dir.join(binary), &env)
