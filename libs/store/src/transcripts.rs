@@ -147,7 +147,7 @@ impl Store {
     }
 
     /// The conversation's stored entries with `n < below`, in chain order, as Postgres sends
-    /// them (one merge of two index scans; nothing is collected here).
+    /// them (Postgres sorts the conversation's rows by place; nothing is collected here).
     pub fn transcript_entries(
         &self,
         conversation_id: Uuid,
