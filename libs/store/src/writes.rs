@@ -2,9 +2,8 @@
 //! (redeliveries, two workers racing on a late ack) never doubles a row or moves state back.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use parley_domain::ids::conversation_id_for_project;
 use parley_domain::validation::PREVIEW_CHARS;
 use parley_events::{MessagePosted, ProjectClosed, ProjectStarted};
@@ -342,13 +341,8 @@ async fn insert_messages_continuing(
 
 /// `COPY`s rows that must all be new.
 async fn copy_rows(conn: &mut PgConnection, rows: &[MessageRow], links: &[Link]) -> Result<u64, sqlx::Error> {
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash) \
-             FROM STDIN",
-        )
-        .await?;
-    copy.send(messages_copy_text(rows, links)).await?;
+    let mut copy = conn.copy_in_raw(MESSAGES_COPY).await?;
+    copy.send(messages_copy_data(rows, links)).await?;
     copy.finish().await
 }
 
@@ -789,43 +783,50 @@ struct ReadEntryColumns {
     hashes: Vec<Vec<u8>>,
 }
 
-/// The rows in `COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id,
-/// created_at, chain_n, chain_hash) FROM STDIN`'s text format, each row with its link (`links`
-/// in the rows' order): tab-separated columns, `\N` for null, and backslash, tab, newline and
-/// carriage return escaped in text. Times keep microseconds, Postgres's precision, truncated as
-/// the binary encoding of the `INSERT` path truncates them.
-pub fn messages_copy_text(rows: &[MessageRow], links: &[Link]) -> Vec<u8> {
-    let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 240).sum());
+/// The statement that copies message rows in, fed with [`messages_copy_data`].
+pub const MESSAGES_COPY: &str = "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, \
+                                 chain_n, chain_hash) FROM STDIN (FORMAT binary)";
+
+/// The rows in [`MESSAGES_COPY`]'s binary format, each row with its link (`links` in the rows'
+/// order). Binary rather than text: Postgres takes each column as it stores it, with no text to
+/// parse (three uuids, a time, 64 hex digits of hash per row), and nothing needs escaping.
+/// Times keep microseconds, Postgres's precision, truncated as the `INSERT` path truncates them.
+pub fn messages_copy_data(rows: &[MessageRow], links: &[Link]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + rows.iter().map(|r| r.body.len() + 160).sum::<usize>() + 2);
+    // Signature, flags (no OIDs), no header extension.
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
     for (row, link) in rows.iter().zip(links) {
-        let _ = write!(
-            out,
-            "{}\t{}\t{}\t{}\t",
-            row.id, row.conversation_id, row.seq, row.sender_id
-        );
-        push_copy_escaped(&mut out, &row.body);
-        out.push('\t');
+        out.extend_from_slice(&9i16.to_be_bytes());
+        field(&mut out, row.id.as_bytes());
+        field(&mut out, row.conversation_id.as_bytes());
+        field(&mut out, &row.seq.to_be_bytes());
+        field(&mut out, row.sender_id.as_bytes());
+        field(&mut out, row.body.as_bytes());
         match &row.client_msg_id {
-            Some(id) => push_copy_escaped(&mut out, id),
-            None => out.push_str("\\N"),
+            Some(id) => field(&mut out, id.as_bytes()),
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
         }
-        out.push('\t');
-        out.push_str(&row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
-        // bytea's hex input, `\x…`, with its backslash escaped for COPY.
-        let _ = writeln!(out, "\t{}\t\\\\x{}", link.n, parley_transcript::hex(&link.hash));
+        field(&mut out, &postgres_micros(&row.created_at).to_be_bytes());
+        field(&mut out, &link.n.to_be_bytes());
+        field(&mut out, &link.hash);
     }
-    out.into_bytes()
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
-fn push_copy_escaped(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
+/// One column of a binary `COPY` row: its length, then its bytes.
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    // A column is at most a 5000-character body: far below `i32::MAX`.
+    out.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A `timestamptz` as Postgres stores it: microseconds since 2000-01-01T00:00:00Z.
+fn postgres_micros(at: &DateTime<Utc>) -> i64 {
+    const UNIX_TO_POSTGRES_EPOCH_MICROS: i64 = 946_684_800 * 1_000_000;
+    at.timestamp_micros() - UNIX_TO_POSTGRES_EPOCH_MICROS
 }
 
 #[cfg(test)]
@@ -833,27 +834,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_copy_text_escapes_what_would_split_a_row_or_a_column() {
+    fn messages_copy_data_is_postgres_binary_copy_format() {
         let row = MessageRow {
-            id: Uuid::nil(),
-            conversation_id: Uuid::nil(),
+            id: Uuid::from_u128(1),
+            conversation_id: Uuid::from_u128(2),
             seq: 7,
-            sender_id: Uuid::nil(),
-            body: "a\\b\tc\nd\re \\N".into(),
+            sender_id: Uuid::from_u128(3),
+            body: "a\tü".into(),
             client_msg_id: None,
-            created_at: DateTime::parse_from_rfc3339("2026-11-25T04:05:06.123456789Z")
+            created_at: DateTime::parse_from_rfc3339("2000-01-01T00:00:01.123456789Z")
                 .unwrap()
                 .with_timezone(&Utc),
         };
         let link = Link { n: 3, hash: [0xAB; 32] };
-        let text = String::from_utf8(messages_copy_text(&[row], &[link])).unwrap();
-        let nil = Uuid::nil();
-        let hash = "ab".repeat(32);
-        assert_eq!(
-            text,
-            format!(
-                "{nil}\t{nil}\t7\t{nil}\ta\\\\b\\tc\\nd\\re \\\\N\t\\N\t2026-11-25T04:05:06.123456Z\t3\t\\\\x{hash}\n"
-            )
-        );
+        let data = messages_copy_data(&[row], &[link]);
+        let mut expected: Vec<u8> = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        expected.extend_from_slice(&[0, 9]);
+        for id in [1u8, 2] {
+            expected.extend_from_slice(&[0, 0, 0, 16]);
+            expected.extend_from_slice(&[0; 15]);
+            expected.push(id);
+        }
+        expected.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+        expected.extend_from_slice(&[0, 0, 0, 16]);
+        expected.extend_from_slice(&[0; 15]);
+        expected.push(3);
+        expected.extend_from_slice(&[0, 0, 0, 4, b'a', b'\t', 0xC3, 0xBC]);
+        expected.extend_from_slice(&[0xFF; 4]);
+        // 1.123456 s after Postgres's epoch, the nanoseconds cut.
+        expected.extend_from_slice(&[0, 0, 0, 8]);
+        expected.extend_from_slice(&1_123_456i64.to_be_bytes());
+        expected.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 3]);
+        expected.extend_from_slice(&[0, 0, 0, 32]);
+        expected.extend_from_slice(&[0xAB; 32]);
+        expected.extend_from_slice(&[0xFF, 0xFF]);
+        assert_eq!(data, expected);
     }
 }

@@ -25,7 +25,7 @@ use chrono::{SubsecRound, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parley_events::{MessagePosted, subjects};
-use parley_store::{Heads, MessageRow, messages_copy_text};
+use parley_store::{Heads, MESSAGES_COPY, MessageRow, messages_copy_data};
 use parley_test_support::smtp::free_port;
 use parley_test_support::{ProjectFixture, TestDatabase};
 use serde_json::json;
@@ -486,14 +486,9 @@ async fn copy_rows(conn: &mut PgConnection, rows: &[Published], heads: &mut Head
     // The rows as the worker stores them: each with its place in its conversation's transcript
     // and its hash (computed beforehand, like the text).
     let links = heads.link_messages(&rows);
-    let data = messages_copy_text(&rows, &links);
+    let data = messages_copy_data(&rows, &links);
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY messages (id, conversation_id, seq, sender_id, body, client_msg_id, created_at, chain_n, chain_hash) \
-             FROM STDIN",
-        )
-        .await?;
+    let mut copy = conn.copy_in_raw(MESSAGES_COPY).await?;
     for chunk in data.chunks(1 << 20) {
         copy.send(chunk).await?;
     }
