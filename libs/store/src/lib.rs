@@ -13,7 +13,9 @@ use sqlx::{PgPool, migrate::Migrator};
 
 pub use reads::{ConversationAccess, HistoryPage, HistoryQuery};
 pub use transcripts::{CheckReport, StoredEntry, StoredKind, TranscriptHeader};
-pub use writes::{BatchWritten, ChainHead, ClosedOutcome, Heads, Link, MessageRow, ReadMarkRow, MESSAGES_COPY, messages_copy_data};
+pub use writes::{
+    BatchWritten, ChainHead, ClosedOutcome, Heads, Link, MESSAGES_COPY, MessageRow, ReadMarkRow, messages_copy_data,
+};
 
 /// The schema, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
