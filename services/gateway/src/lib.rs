@@ -260,7 +260,7 @@ impl Application {
         info!(%addr, "gateway listening");
         let stopping = shutdown.clone();
         let drain = state.messaging.drain().clone();
-        let listener = listener::ShapedListener(listener);
+        let listener = listener::ShapedListener::new(listener);
         let serving = listener::serve(listener, router, async move {
             stopping.cancelled().await;
             // New connections are no longer accepted. Refuse new writes, let those in flight

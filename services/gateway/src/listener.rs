@@ -37,14 +37,27 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::connection::{Carrier, Upgrades};
 
 /// Accepts connections for [`serve`], each wrapped in a [`ShapedStream`].
-pub(crate) struct ShapedListener(pub(crate) TcpListener);
+pub(crate) struct ShapedListener {
+    listener: TcpListener,
+    /// Which connection each upgraded engine.io session uses, shared by all of them.
+    upgrades: Upgrades,
+}
+
+impl ShapedListener {
+    pub(crate) fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            upgrades: Upgrades::default(),
+        }
+    }
+}
 
 impl axum::serve::Listener for ShapedListener {
     type Io = ShapedStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
         // Small frames (acks, single messages) leave at once: without TCP_NODELAY, Nagle's
         // algorithm meeting the client's delayed ACK stalls a reply up to 40 ms.
         if let Err(error) = stream.set_nodelay(true) {
@@ -57,13 +70,14 @@ impl axum::serve::Listener for ShapedListener {
                 rewriting: None,
                 killed: Box::pin(carrier.cut_owned()),
                 carrier,
+                upgrades: self.upgrades.clone(),
             },
             addr,
         )
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -83,7 +97,6 @@ pub(crate) async fn serve(
         .header_read_timeout(HEAD_TIMEOUT)
         .keep_alive(true);
     let connections = tokio_util::task::TaskTracker::new();
-    let upgrades = Upgrades::default();
     let closing = tokio_util::sync::CancellationToken::new();
     tokio::pin!(stopping);
     loop {
@@ -91,16 +104,14 @@ pub(crate) async fn serve(
             (stream, _) = axum::serve::Listener::accept(&mut listener) => stream,
             () = &mut stopping => break,
         };
-        let carrier = stream.carrier.clone();
         let router = router.clone();
-        let (noted, serving) = (upgrades.clone(), carrier.clone());
+        let (noted, serving) = (stream.upgrades.clone(), stream.carrier.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             noted.note(request.uri(), &serving);
             request.extensions_mut().insert(ConnectInfo(serving.clone()));
             request.extensions_mut().insert(noted.clone());
             tower_service::Service::call(&mut router.clone(), request)
         });
-        let upgrades = upgrades.clone();
         let connection = http
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
             .with_upgrades();
@@ -114,7 +125,6 @@ pub(crate) async fn serve(
                     connection.await
                 }
             };
-            upgrades.forget(&carrier);
             if let Err(error) = served {
                 tracing::debug!(%error, "connection ended");
             }
@@ -134,6 +144,9 @@ fn cut() -> io::Error {
 pub(crate) struct ShapedStream {
     inner: TcpStream,
     carrier: Carrier,
+    /// Where this connection is noted if a session upgrades to it; forgotten when it is dropped
+    /// (hyper hands an upgraded connection over, so the end of serving it is not its end).
+    upgrades: Upgrades,
     /// Resolves once the kill switch is cut; polled with every read, so a read that waits for
     /// a client that sends nothing is woken by the cut.
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -199,6 +212,12 @@ impl ShapedStream {
             *written += n;
         }
         Poll::Ready(Ok(0))
+    }
+}
+
+impl Drop for ShapedStream {
+    fn drop(&mut self) {
+        self.upgrades.forget(&self.carrier);
     }
 }
 

@@ -425,3 +425,121 @@ async fn connections_that_announce_binary_attachments_before_login_leave_the_gat
         peak.saturating_sub(before) / MIB
     );
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A socket of `user` opened as the official client opens one by default: the engine.io
+/// handshake and the namespace connect over long-polling, then the upgrade to a websocket, which
+/// is on another connection than the handshake. Returns the websocket, by which every packet
+/// leaves from then on.
+async fn upgraded_from_polling(addr: std::net::SocketAddr, user: uuid::Uuid) -> Ws {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let polling = |sid: Option<&str>| {
+        let sid = sid.map(|sid| format!("&sid={sid}")).unwrap_or_default();
+        format!("http://{addr}/socket.io/?EIO=4&transport=polling{sid}")
+    };
+    let http = reqwest::Client::new();
+    let open = http.get(polling(None)).send().await.unwrap().text().await.unwrap();
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("an open packet")).unwrap();
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let auth = json!({ "token": token(user) });
+    let posted = http
+        .post(polling(Some(&sid)))
+        .body(format!("40{auth}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success(), "{posted:?}");
+    // Packets in one poll are separated by a record separator; the first ping may come first,
+    // and is answered, as a client must within the ping timeout.
+    let polled = http
+        .get(polling(Some(&sid)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let packets: Vec<&str> = polled.split('\u{1e}').collect();
+    assert!(packets.iter().any(|packet| packet.starts_with("40")), "{polled:?}");
+    if packets.contains(&"2") {
+        let pong = http.post(polling(Some(&sid))).body("3").send().await.unwrap();
+        assert!(pong.status().is_success(), "{pong:?}");
+    }
+
+    // The upgrade: probe, then switch.
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    ws.send(Frame::text("2probe")).await.unwrap();
+    let probe = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(probe.to_text().unwrap(), "3probe");
+    ws.send(Frame::text("5")).await.unwrap();
+    ws
+}
+
+/// Reads `ws` until it ends or nothing comes for [`WAIT`]; answers pings. Returns how many
+/// `message:new` it read and whether the gateway ended it.
+async fn read_to_the_end(ws: &mut Ws) -> (usize, bool) {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let mut received = 0usize;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => return (received, false),
+            Ok(Some(Ok(Frame::Text(text)))) if text.starts_with("42[\"message:new\"") => received += 1,
+            Ok(Some(Ok(Frame::Text(text)))) if text.as_str() == "2" => {
+                let _ = ws.send(Frame::text("3")).await;
+            }
+            Ok(Some(Ok(Frame::Close(_)) | Err(_)) | None) => return (received, true),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// A socket that upgraded from polling, then stopped reading, is cut on its websocket.
+#[tokio::test]
+async fn a_socket_upgraded_from_polling_that_stops_reading_is_cut_on_its_websocket() {
+    let stack = stack(1).await;
+    let project = stack.project("Upgraded, slow").await;
+    let mut ws = upgraded_from_polling(stack.gateway(0).addr, project.provider()).await;
+    // It stops reading; the flood fills its queue. Reading again: what the connection held,
+    // then its end. Uncut, the websocket would deliver the whole flood and then stay open.
+    let published = flood(&stack.js, &project).await;
+    let (received, cut) = read_to_the_end(&mut ws).await;
+    println!(
+        "the upgraded socket read {received} of {} messages before its websocket ended",
+        published.len()
+    );
+    assert!(cut, "the upgraded socket's websocket was never cut");
+    assert!(received < published.len(), "it got everything: nothing was full");
+}
+
+/// The other side of the byte bound: a socket that upgraded from polling and reads everything
+/// is never cut, however much it is sent. Its output is counted on the websocket it uses, not
+/// on the connection of its handshake, which writes nothing after the upgrade (counted there,
+/// 32 MiB of healthy traffic would look unwritten).
+#[tokio::test]
+async fn a_socket_upgraded_from_polling_that_reads_everything_is_never_cut_past_the_byte_bound() {
+    let stack = stack(1).await;
+    let project = stack.project("Upgraded, healthy").await;
+    let mut ws = upgraded_from_polling(stack.gateway(0).addr, project.provider()).await;
+    // 8,000 messages of 4,500 characters: about 36 MB, over the 32 MiB bound.
+    let body = "w".repeat(4_500);
+    let reading = tokio::spawn(async move {
+        let ended = read_to_the_end(&mut ws).await;
+        drop(ws);
+        ended
+    });
+    // Published one after another, each awaiting its ack: a pace a reading client keeps up
+    // with (a burst from many publishers would fill its queue of packets instead).
+    for _ in 0..8_000 {
+        publish_message(&stack.js, &project.message(project.client(), &body)).await;
+    }
+    let (received, cut) = reading.await.unwrap();
+    println!("the healthy upgraded socket read {received} of 8000 messages (about 36 MB)");
+    assert!(!cut, "a socket that read everything was cut after {received} messages");
+    assert_eq!(received, 8_000);
+}
