@@ -12,8 +12,9 @@
 //! replays from what it really has), but socketioxide's `disconnect` needs a free slot in that
 //! very queue. So every connection carries a kill switch, handed to the request as its connect
 //! info (with the listener's [`Upgrades`], so that a socket that upgraded from polling finds
-//! the websocket it now uses): cutting it ends the connection's reads and writes, hyper and the websocket see the
-//! connection gone, and socketioxide closes the socket as for any dropped client.
+//! the websocket it now uses): cutting it ends the connection's reads and writes, hyper and the
+//! websocket see the connection gone, and socketioxide closes the socket as for any dropped
+//! client.
 //!
 //! hyper answers a request it cannot parse (a malformed request line or header: 400; headers over
 //! its limit: 431; a URI over its limit: 414) before any handler runs, with an empty body, and
