@@ -74,7 +74,9 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The HTTP API's routes. `openapi_document` is what `GET /v1/openapi.json` answers (see
+/// `openapi`, which describes these routes and so is built from them, not below them).
+pub(crate) fn router(state: AppState, openapi_document: &'static str) -> Router {
     Router::new()
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/{id}", get(get_conversation))
@@ -83,7 +85,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/transcript", get(transcript))
         .route("/v1/conversations/{id}/checkpoint", get(checkpoint))
         .route("/v1/transcript-keys", get(transcript_keys))
-        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/v1/openapi.json",
+            get(move || std::future::ready(openapi(openapi_document))),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -402,11 +407,8 @@ async fn healthz() -> &'static str {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
 )]
-async fn openapi() -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document(),
-    )
+fn openapi(document: &'static str) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], document)
 }
 
 #[utoipa::path(

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::PublicKey;
+use crate::public_keys::PublicKey;
 
 /// How long one fetch may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);

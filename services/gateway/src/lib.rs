@@ -34,6 +34,7 @@ mod membership;
 mod messaging;
 pub mod openapi;
 mod presence;
+mod public_keys;
 mod recent;
 mod replay;
 mod rooms;
@@ -250,7 +251,7 @@ impl Application {
             )
             .build_layer();
         socket::register(&io);
-        let router = http::router(state.clone())
+        let router = http::router(state.clone(), openapi::document())
             .layer(layer)
             .layer(axum::middleware::map_request(own_request_head));
 
