@@ -249,9 +249,13 @@ async fn with_postgres_away_sends_with_a_client_msg_id_are_acknowledged_and_repe
         acked.len()
     );
 
-    // Postgres back: the worker stores every message once, in order.
-    let last: uuid::Uuid = acked.last().unwrap()["id"].as_str().unwrap().parse().unwrap();
-    stack.persisted(conversation, last).await;
+    // Postgres back: the worker stores every message once, in order. The batches refused while
+    // it was away come back after their retry delay, possibly after later ones were written:
+    // wait for each, not just the last.
+    for message in &acked {
+        let id: uuid::Uuid = message["id"].as_str().unwrap().parse().unwrap();
+        stack.persisted(conversation, id).await;
+    }
     let history = ask(
         &provider,
         "conversation:history",
