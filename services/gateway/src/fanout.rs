@@ -45,17 +45,18 @@ pub(crate) async fn start(
         io,
         recent: messaging.recent().clone(),
         client: nats,
+        messaging,
     };
     Ok(tokio::spawn(async move {
         let mut resume_after: Option<u64> = None;
-        let mut messages = Some(first);
+        let mut subscription = Some(first);
         while !shutdown.is_cancelled() {
-            let stream = match messages.take() {
-                Some(stream) => Ok(stream),
-                None => subscribe(&messaging, resume_after).await,
+            let next = match subscription.take() {
+                Some(subscription) => Ok(subscription),
+                None => subscribe(&target.messaging, resume_after).await,
             };
-            let outcome = match stream {
-                Ok(stream) => follow(stream, &target, &shutdown, &mut resume_after).await,
+            let outcome = match next {
+                Ok(subscription) => follow(subscription, &target, &shutdown, &mut resume_after).await,
                 Err(error) => Err(error),
             };
             match outcome {
@@ -72,7 +73,13 @@ pub(crate) async fn start(
     }))
 }
 
-async fn subscribe(messaging: &Messaging, resume_after: Option<u64>) -> anyhow::Result<Ordered> {
+/// An ordered consumer, and the stream sequence it has delivered up to as it starts.
+struct Subscription {
+    messages: Ordered,
+    delivered: u64,
+}
+
+async fn subscribe(messaging: &Messaging, resume_after: Option<u64>) -> anyhow::Result<Subscription> {
     let stream = messaging.chat_stream().await?;
     let deliver_policy = match resume_after {
         Some(seq) => DeliverPolicy::ByStartSequence {
@@ -89,20 +96,34 @@ async fn subscribe(messaging: &Messaging, resume_after: Option<u64>) -> anyhow::
             ..Default::default()
         })
         .await?;
-    Ok(consumer.messages().await?)
+    let delivered = consumer.cached_info().delivered.stream_sequence;
+    Ok(Subscription {
+        messages: consumer.messages().await?,
+        delivered,
+    })
 }
 
+/// How often the fan-out consumer is checked for having fallen silent (see [`Silence`]).
+const SILENCE_CHECK: Duration = Duration::from_secs(5);
+
 async fn follow(
-    mut messages: Ordered,
+    subscription: Subscription,
     target: &Target,
     shutdown: &CancellationToken,
     resume_after: &mut Option<u64>,
 ) -> anyhow::Result<()> {
+    let Subscription {
+        mut messages,
+        delivered,
+    } = subscription;
+    let delivered = *resume_after.get_or_insert(delivered);
     // A reconnect may mean a restarted server that lost this ephemeral consumer; the ordered
     // consumer would notice only after missed heartbeats, so recreate it at once instead.
     let statistics = target.client.statistics();
     let connects = statistics.connects.load(Ordering::Relaxed);
     let mut check = tokio::time::interval(Duration::from_millis(250));
+    let mut silence = Silence::new(delivered);
+    let mut silence_check = tokio::time::interval_at(tokio::time::Instant::now() + SILENCE_CHECK, SILENCE_CHECK);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -110,6 +131,16 @@ async fn follow(
                 if statistics.connects.load(Ordering::Relaxed) != connects {
                     anyhow::bail!("reconnected to NATS");
                 }
+                continue;
+            }
+            _ = silence_check.tick() => {
+                let delivered = resume_after.unwrap_or(delivered);
+                if let Some(stream_last) = silence.stalled_at(delivered) {
+                    anyhow::bail!(
+                        "the ordered consumer fell silent after {delivered} while the stream had {stream_last}"
+                    );
+                }
+                silence.stream_reached(target.stream_last().await);
                 continue;
             }
             next = messages.next() => next,
@@ -173,14 +204,58 @@ fn counted(delivered: bool, message: &Message) {
     }
 }
 
+/// Whether the fan-out consumer has fallen silent: an ordered consumer whose server died, or came
+/// back with its store wiped, can stop delivering with no error while the client library
+/// recreates it in the background (seen on a three-node cluster: no message for minutes).
+/// Silent means it delivered nothing since the last check although the stream already held a
+/// later event then; one that lags but moves is left alone.
+#[derive(Debug)]
+struct Silence {
+    /// What had been delivered at the last check.
+    delivered: u64,
+    /// The stream's last sequence at the last check, when it answered.
+    stream_last: Option<u64>,
+}
+
+impl Silence {
+    fn new(delivered: u64) -> Self {
+        Self {
+            delivered,
+            stream_last: None,
+        }
+    }
+
+    /// The stream's last sequence when `delivered` (what has been delivered now) shows a silent
+    /// consumer; records `delivered` for the next check otherwise.
+    fn stalled_at(&mut self, delivered: u64) -> Option<u64> {
+        let stalled = self
+            .stream_last
+            .filter(|&last| delivered == self.delivered && delivered < last);
+        self.delivered = delivered;
+        stalled
+    }
+
+    /// The stream's last sequence as of now (`None` when it did not answer).
+    fn stream_reached(&mut self, last: Option<u64>) {
+        self.stream_last = last;
+    }
+}
+
 /// Where events go: this instance's sockets.
 struct Target {
     io: SocketIo,
     recent: RecentMessages,
     client: async_nats::Client,
+    messaging: Messaging,
 }
 
 impl Target {
+    /// The chat stream's last sequence, `None` when it does not answer within a moment.
+    async fn stream_last(&self) -> Option<u64> {
+        let asked = tokio::time::timeout(Duration::from_secs(2), self.messaging.chat_stream_now()).await;
+        Some(asked.ok()?.ok()?.cached_info().state.last_sequence)
+    }
+
     fn deliver_message(&self, event: MessagePosted, seq: u64) {
         let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
         let message = event.into_message(seq);
@@ -223,5 +298,42 @@ impl Target {
         if let Err(error) = self.io.to(rooms).emit(name, &payload).await {
             warn!(%error, "emitting {name} failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Silence;
+
+    #[test]
+    fn a_consumer_that_delivered_nothing_while_the_stream_had_more_is_silent() {
+        let mut silence = Silence::new(10);
+        assert_eq!(silence.stalled_at(10), None, "nothing known of the stream yet");
+        silence.stream_reached(Some(12));
+        assert_eq!(silence.stalled_at(10), Some(12));
+    }
+
+    #[test]
+    fn a_consumer_that_lags_but_moves_is_left_alone() {
+        let mut silence = Silence::new(10);
+        silence.stream_reached(Some(50));
+        assert_eq!(silence.stalled_at(11), None);
+        silence.stream_reached(Some(90));
+        assert_eq!(silence.stalled_at(30), None);
+        silence.stream_reached(Some(90));
+        assert_eq!(silence.stalled_at(30), Some(90), "then it stops moving");
+    }
+
+    #[test]
+    fn a_quiet_consumer_level_with_the_stream_is_not_silent() {
+        let mut silence = Silence::new(10);
+        silence.stream_reached(Some(10));
+        assert_eq!(silence.stalled_at(10), None);
+        silence.stream_reached(None);
+        assert_eq!(
+            silence.stalled_at(10),
+            None,
+            "a stream that does not answer proves nothing"
+        );
     }
 }

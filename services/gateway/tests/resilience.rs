@@ -528,3 +528,61 @@ async fn with_postgres_stopped_a_repeat_older_than_the_duplicate_window_returns_
     let stored = all_stored(stack.gateway(0).addr, conversation, &token(project.client())).await;
     assert_eq!(ids(&stored), ids(&[original, after]));
 }
+
+/// Pauses every consumer of `stream` that has no durable name (the gateways' fan-out and any
+/// replay under way) for an hour, and says how many there were.
+async fn pause_ephemeral_consumers(client: &async_nats::Client, stream: &str) -> usize {
+    let ask = |subject: String, payload: String| async move {
+        let reply = client.request(subject, payload.into()).await.unwrap();
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()
+    };
+    let list = ask(format!("$JS.API.CONSUMER.LIST.{stream}"), "{}".into()).await;
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut paused = 0;
+    for consumer in list["consumers"].as_array().unwrap() {
+        if consumer["config"]["durable_name"].is_string() {
+            continue;
+        }
+        let name = consumer["name"].as_str().unwrap();
+        let answer = ask(
+            format!("$JS.API.CONSUMER.PAUSE.{stream}.{name}"),
+            json!({ "pause_until": until }).to_string(),
+        )
+        .await;
+        assert_eq!(answer["paused"], true, "pausing {name}: {answer}");
+        paused += 1;
+    }
+    paused
+}
+
+/// An ordered consumer can stop delivering without an error: on a cluster, one whose node came
+/// back with its store wiped stayed silent for minutes while its heartbeats kept coming. Here
+/// the gateway's consumer is paused under it, which keeps the heartbeats coming too: the gateway
+/// sees the stream move past its consumer, replaces it, and live delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_consumer_that_falls_silent_is_replaced_and_live_delivery_goes_on() {
+    let stack = stack(1).await;
+    let project = stack.project("Silent consumer").await;
+    let conversation = project.conversation_id();
+    let client = stack.socket(0, project.client()).await;
+    let mut provider = stack.socket(0, project.provider()).await;
+    let first = send(&client, conversation, "before").await;
+    assert_eq!(next_message(&mut provider).await["id"], first["id"]);
+
+    let paused = pause_ephemeral_consumers(&stack.js.client(), parley_nats::CHAT_STREAM).await;
+    assert!(paused >= 1, "the gateway's fan-out consumer was not found");
+    let sent = Instant::now();
+    let during = send(&client, conversation, "while its consumer is paused").await;
+    let (name, delivered) = provider
+        .next_event(Duration::from_secs(60))
+        .await
+        .expect("live delivery goes on");
+    assert_eq!((name.as_str(), &delivered["id"]), ("message:new", &during["id"]));
+    println!(
+        "delivered {:?} after its send, by the consumer that replaced the paused one",
+        sent.elapsed()
+    );
+    // Nothing twice: the next message is the next one.
+    let after = send(&client, conversation, "after").await;
+    assert_eq!(next_message(&mut provider).await["id"], after["id"]);
+}
