@@ -179,11 +179,11 @@ class Child {
         resolve(this.exit);
       });
     });
-    // Close the log only once both pipes have drained.
-    Promise.all([
+    // Close the log only once both pipes have drained; `logged` resolves once it is written.
+    this.logged = Promise.all([
       new Promise((r) => this.proc.stdout.once("close", r)),
       new Promise((r) => this.proc.stderr.once("close", r)),
-    ]).then(() => log.end());
+    ]).then(() => new Promise((r) => log.end(r)));
     liveChildren.add(this.proc);
   }
 
@@ -255,19 +255,18 @@ class Stack {
     if (process.env.PARLEY_JS_KEEP_TMP) console.error(`parley-js stack folder: ${this.tmpDir}`);
 
     // nats-server
-    const natsPort = await freePort();
-    const natsArgs = ["-js", "-a", "127.0.0.1", "-p", String(natsPort), "-sd", path.join(this.tmpDir, "jetstream")];
     const natsConfig = process.env.PARLEY_TEST_NATS_CONFIG;
-    if (natsConfig && existsSync(natsConfig)) natsArgs.unshift("-c", natsConfig);
-    this.spawnChild("nats-server", requireEnv("PARLEY_TEST_NATS_SERVER"), natsArgs, {});
-    this.natsUrl = `nats://127.0.0.1:${natsPort}`;
-    await pollUntil(
-      async () => {
-        this.assertAlive();
-        return canConnect(natsPort);
+    const natsPort = await this.spawnListening(
+      (port) => {
+        const args = ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", path.join(this.tmpDir, "jetstream")];
+        if (natsConfig && existsSync(natsConfig)) args.unshift("-c", natsConfig);
+        return this.spawnChild("nats-server", requireEnv("PARLEY_TEST_NATS_SERVER"), args, {});
       },
-      { label: `nats-server on port ${natsPort}` },
+      // Its own log says so: a connection alone could reach whatever took the port.
+      async (port, child) => child.logTail(200).includes("Server is ready") && canConnect(port),
+      "nats-server",
     );
+    this.natsUrl = `nats://127.0.0.1:${natsPort}`;
 
     // database
     const adminUrl = requireEnv("PARLEY_TEST_DATABASE_URL");
@@ -286,23 +285,54 @@ class Stack {
       PARLEY_ADMIN_LISTEN: "127.0.0.1:0",
     };
     this.spawnChild("persistence-worker", binary("parley-persistence-worker"), [], common);
-    const httpPort = await freePort();
-    this.spawnChild("gateway", binary("parley-gateway"), [], {
-      ...common,
-      PARLEY_JWT_SECRET: this.secret,
-      PARLEY_TRANSCRIPT_KEY: this.transcriptKey,
-      PARLEY_LISTEN: `127.0.0.1:${httpPort}`,
-      ...this.gatewayEnv,
-    });
-    this.url = `http://127.0.0.1:${httpPort}`;
-    await pollUntil(
-      async () => {
-        this.assertAlive();
-        const response = await fetch(`${this.url}/readyz`);
-        return response.status === 200;
+    const httpPort = await this.spawnListening(
+      (port) =>
+        this.spawnChild("gateway", binary("parley-gateway"), [], {
+          ...common,
+          PARLEY_JWT_SECRET: this.secret,
+          PARLEY_TRANSCRIPT_KEY: this.transcriptKey,
+          PARLEY_LISTEN: `127.0.0.1:${port}`,
+          ...this.gatewayEnv,
+        }),
+      async (port) => {
+        const base = `http://127.0.0.1:${port}`;
+        const signal = AbortSignal.timeout(EVENT_TIMEOUT_MS);
+        if ((await fetch(`${base}/readyz`, { signal })).status !== 200) return false;
+        // Ours, not whatever took the port: it takes a token signed with this stack's secret.
+        const now = Math.floor(Date.now() / 1000);
+        const token = signJwt({ sub: randomUUID(), iat: now, exp: now + 60 }, this.secret);
+        const mine = await fetch(`${base}/v1/conversations`, { headers: { authorization: `Bearer ${token}` }, signal });
+        return mine.status === 200;
       },
-      { label: `${this.url}/readyz` },
+      "the gateway's /readyz",
     );
+    this.url = `http://127.0.0.1:${httpPort}`;
+  }
+
+  /**
+   * Starts a child on a free port (`spawnOn(port)` returns it) and resolves with the port once
+   * `ready(port, child)` holds. A port found free can be taken before the child binds it: test files
+   * run in parallel and open many connections, whose local ports come from the same range. A
+   * child that dies saying its address is in use is started again on another port.
+   */
+  async spawnListening(spawnOn, ready, label) {
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const child = spawnOn(port);
+      const deadline = Date.now() + READY_TIMEOUT_MS;
+      while (child.alive && Date.now() < deadline) {
+        this.assertAlive(child);
+        if (await ready(port, child).catch(() => false)) return port;
+        await delay(100);
+      }
+      if (!child.alive) await child.logged;
+      if (!child.alive && attempt < 3 && /address already in use/i.test(child.logTail(200))) {
+        this.children.splice(this.children.indexOf(child), 1);
+        continue;
+      }
+      this.assertAlive();
+      throw new Error(`timed out after ${READY_TIMEOUT_MS} ms waiting for ${label} on port ${port}`);
+    }
   }
 
   spawnChild(name, file, args, env) {
@@ -311,9 +341,9 @@ class Stack {
     return child;
   }
 
-  /** Throws, with the log of the dead process, when a child of this stack has exited. */
-  assertAlive() {
-    const dead = this.children.filter((c) => !c.alive);
+  /** Throws, with the log of the dead process, when a child of this stack (but `except`) has exited. */
+  assertAlive(except = null) {
+    const dead = this.children.filter((c) => !c.alive && c !== except);
     if (dead.length) throw new Error(`a stack process died: ${dead.map((c) => c.describe()).join("\n\n")}`);
   }
 
