@@ -286,10 +286,59 @@ impl NatsCluster {
 
     /// `/jsz` of node `index`'s monitoring endpoint, `None` when it does not answer.
     async fn jsz(&self, index: usize) -> Option<Value> {
+        self.monitor(index, "/jsz").await
+    }
+
+    /// What each node holds itself, for reading a failure: per node, its view of the meta
+    /// leader, and of every stream it keeps a replica of, the last sequence it has and the
+    /// consumers it hosts (with the stream sequence each has delivered, and what it has pending).
+    pub async fn local_views(&self) -> String {
+        let mut out = String::new();
+        for index in 0..NODES {
+            let name = self.node_name(index);
+            let Some(jsz) = self
+                .monitor(index, "/jsz?accounts=true&streams=true&consumers=true")
+                .await
+            else {
+                out.push_str(&format!("{name}: no answer\n"));
+                continue;
+            };
+            out.push_str(&format!("{name}: meta leader {}\n", jsz["meta_cluster"]["leader"]));
+            let streams = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten());
+            for stream in streams {
+                out.push_str(&format!(
+                    "  {} leader {} last seq {} messages {}\n",
+                    stream["name"],
+                    stream["cluster"]["leader"],
+                    stream["state"]["last_seq"],
+                    stream["state"]["messages"]
+                ));
+                for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "    consumer {} leader {} delivered stream seq {} pending {} ack pending {} waiting {}\n",
+                        consumer["name"],
+                        consumer["cluster"]["leader"],
+                        consumer["delivered"]["stream_seq"],
+                        consumer["num_pending"],
+                        consumer["num_ack_pending"],
+                        consumer["num_waiting"]
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// A GET of node `index`'s monitoring endpoint at `path`, `None` when it does not answer.
+    async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.nodes[index].ports.http));
         let fetch = async {
             let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let request = format!("GET /jsz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
             tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
                 .await
                 .ok()?;

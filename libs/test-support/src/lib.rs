@@ -202,6 +202,39 @@ pub async fn consumer_caught_up(js: &async_nats::jetstream::Context, stream: &st
         .is_some_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
 }
 
+/// Every message `stream` holds when called, in order, each with its `Nats-Msg-Id` (empty when
+/// it has none): what a test checks a stream against once the work is done. Read by an ordered
+/// consumer, so nothing is acknowledged or left behind.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<(String, async_nats::jetstream::Message)> {
+    use futures::StreamExt as _;
+    let stream = js.get_stream(stream).await.expect("the stream exists");
+    let count = stream.get_info().await.expect("the stream's info").state.messages;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("the consumer's messages");
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let message = messages
+            .next()
+            .await
+            .expect("the stream ended early")
+            .expect("a message");
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(parley_nats::MSG_ID_HEADER))
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        out.push((id, message));
+    }
+    out
+}
+
 /// Waits until the conversation of `project` exists in `db`.
 pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
     let store = db.store();

@@ -26,8 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use futures::StreamExt;
+use async_nats::jetstream;
 use parking_lot::Mutex;
 use parley_test_support::cluster::NatsCluster;
 use parley_test_support::sio::{self, Client};
@@ -145,9 +144,11 @@ async fn a_node_back_with_its_store_wiped_loses_and_doubles_nothing() {
                     led.push(stream);
                 }
             }
+            let meta = cluster.meta_leader().await == Some(follower);
             eprintln!(
-                "wiping {}'s store (a PARLEY_CHAT follower; leader of {led:?})",
-                cluster.node_name(follower)
+                "wiping {}'s store (a PARLEY_CHAT follower; leader of {led:?}{})",
+                cluster.node_name(follower),
+                if meta { " and of the meta group" } else { "" }
             );
             cluster.wipe_and_restart(follower);
         })
@@ -379,19 +380,8 @@ async fn all_stored(addr: SocketAddr, conversation: Uuid, token: &str) -> Option
 
 /// Every notification in `PARLEY_NOTIFICATIONS`, counted by `Nats-Msg-Id`.
 async fn stored_notifications(js: &jetstream::Context) -> HashMap<String, usize> {
-    let stream = js.get_stream(parley_nats::NOTIFICATIONS_STREAM).await.unwrap();
-    let count = stream.get_info().await.unwrap().state.messages;
-    let consumer = stream.create_consumer(OrderedConfig::default()).await.unwrap();
-    let mut messages = consumer.messages().await.unwrap();
     let mut out = HashMap::new();
-    for _ in 0..count {
-        let message = messages.next().await.unwrap().unwrap();
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(parley_nats::MSG_ID_HEADER))
-            .map(ToString::to_string)
-            .unwrap_or_default();
+    for (id, _) in parley_test_support::stream_messages(js, parley_nats::NOTIFICATIONS_STREAM).await {
         *out.entry(id).or_insert(0) += 1;
     }
     out
@@ -590,16 +580,42 @@ async fn run_fault(name: &str, fault: Fault) {
 
     let history_settled = checking.elapsed();
     // Sockets: each got every message exactly once, live or by replay after a reconnect.
-    eventually("every socket to get every message", PATIENCE, || async {
+    let short_of = || {
         observers
             .iter()
-            .all(|o| {
+            .filter_map(|o| {
                 let got = o.got.lock();
-                by_id.keys().all(|id| got.iter().any(|d| d.id == *id))
+                let missing: Vec<i64> = by_id
+                    .values()
+                    .filter(|s| !got.iter().any(|d| d.id == s.id))
+                    .map(|s| s.seq)
+                    .collect();
+                let reconnects = o.reconnects.load(Ordering::SeqCst);
+                (!missing.is_empty()).then(|| {
+                    format!(
+                        "{}: {} missing (seqs {:?}…{:?}), {} got, {reconnects} reconnects",
+                        o.label,
+                        missing.len(),
+                        missing.iter().min(),
+                        missing.iter().max(),
+                        got.len()
+                    )
+                })
             })
-            .then_some(())
+            .collect::<Vec<_>>()
+    };
+    let all_delivered = tokio::time::timeout(PATIENCE, async {
+        while !short_of().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    assert!(
+        all_delivered.is_ok(),
+        "sockets short of messages after {PATIENCE:?}:\n{}\nwhat each node holds:\n{}",
+        short_of().join("\n"),
+        stack.cluster.local_views().await
+    );
     let sockets_settled = checking.elapsed();
     stop_observing.store(true, Ordering::SeqCst);
     for observer in &mut observers {
@@ -655,9 +671,10 @@ async fn run_fault(name: &str, fault: Fault) {
     }
     assert!(
         missing.is_empty(),
-        "{} of {} notifications missing: {missing:?}",
+        "{} of {} notifications missing: {missing:?}\nwhat each node holds:\n{}",
         missing.len(),
-        sent.len()
+        sent.len(),
+        stack.cluster.local_views().await
     );
     assert_eq!(notifications.len(), sent.len(), "notifications of messages nobody sent");
 

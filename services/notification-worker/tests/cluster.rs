@@ -11,8 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use futures::StreamExt;
+use async_nats::jetstream;
 use parley_events::{MessagePosted, Notification, subjects};
 use parley_notification_worker::{Application, Config};
 use parley_service::config::CommonConfig;
@@ -41,20 +40,9 @@ async fn publish_until_acked(js: &jetstream::Context, event: &MessagePosted) {
 
 /// Every notification in `PARLEY_NOTIFICATIONS`, counted by `Nats-Msg-Id`.
 async fn stored_notifications(js: &jetstream::Context) -> HashMap<String, usize> {
-    let stream = js.get_stream(parley_nats::NOTIFICATIONS_STREAM).await.unwrap();
-    let count = stream.get_info().await.unwrap().state.messages;
-    let consumer = stream.create_consumer(OrderedConfig::default()).await.unwrap();
-    let mut messages = consumer.messages().await.unwrap();
     let mut out = HashMap::new();
-    for _ in 0..count {
-        let message = messages.next().await.unwrap().unwrap();
+    for (id, message) in parley_test_support::stream_messages(js, parley_nats::NOTIFICATIONS_STREAM).await {
         let _: Notification = serde_json::from_slice(&message.payload).unwrap();
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(parley_nats::MSG_ID_HEADER))
-            .map(ToString::to_string)
-            .unwrap_or_default();
         *out.entry(id).or_insert(0) += 1;
     }
     out
