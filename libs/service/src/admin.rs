@@ -31,6 +31,24 @@ where
     Arc::new(move || Box::pin(check()))
 }
 
+/// Whether a worker has applied its streams and consumers. Connected is not enough for ready:
+/// on a cluster that has just formed, applying them can take many seconds, and a worker that
+/// says it is ready before its consumers exist lets an orchestrator (or a test) count on work
+/// nobody is doing yet.
+#[derive(Debug, Clone, Default)]
+pub struct SetUp(Arc<std::sync::atomic::AtomicBool>);
+
+impl SetUp {
+    /// Marks the setup done, for good.
+    pub fn done(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The admin endpoint's socket, bound but not serving yet.
 #[derive(Debug)]
 pub struct AdminListener {

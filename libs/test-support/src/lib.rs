@@ -235,6 +235,42 @@ pub async fn stream_messages(
     out
 }
 
+/// Takes the durable name of `definition` with a push consumer, so that a service cannot apply
+/// its consumer (a setup that cannot finish yet) until [`free_durable_name`].
+pub async fn occupy_durable_name(js: &async_nats::jetstream::Context, definition: parley_nats::ConsumerDefinition) {
+    let stream = js.get_stream(definition.stream).await.expect("the stream exists");
+    stream
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            durable_name: Some(definition.durable_name().expect("a durable name")),
+            deliver_subject: format!("parley.test.occupied.{}", Uuid::new_v4().simple()),
+            ..Default::default()
+        })
+        .await
+        .expect("a push consumer under the name");
+}
+
+/// Gives back what [`occupy_durable_name`] took.
+pub async fn free_durable_name(js: &async_nats::jetstream::Context, definition: parley_nats::ConsumerDefinition) {
+    let stream = js.get_stream(definition.stream).await.expect("the stream exists");
+    stream
+        .delete_consumer(&definition.durable_name().expect("a durable name"))
+        .await
+        .expect("the push consumer deleted");
+}
+
+/// Asks `admin`'s `/readyz` every 50 ms for `window` and panics at the first 200: for a service
+/// that must not say it is ready yet. (A wrong 200 comes within milliseconds of connecting.)
+pub async fn not_ready_for(admin: std::net::SocketAddr, window: Duration) {
+    let until = tokio::time::Instant::now() + window;
+    let mut asked = 0;
+    while tokio::time::Instant::now() < until {
+        let ready = http::request(admin, "GET", "/readyz", None, None).await;
+        assert_ne!(ready.status, 200, "ready before its consumers exist (ask {asked})");
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the conversation of `project` exists in `db`.
 pub async fn conversation_exists(db: &TestDatabase, project: &ProjectFixture) {
     let store = db.store();

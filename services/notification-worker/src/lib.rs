@@ -158,17 +158,18 @@ impl Application {
             mailer,
             admin,
         } = self;
+        let set_up = admin::SetUp::default();
         let ready = {
-            let client = client.clone();
+            let (client, set_up) = (client.clone(), set_up.clone());
             admin::readiness(move || {
-                let connected = client.connection_state() == async_nats::connection::State::Connected;
-                async move { connected }
+                let ready = set_up.is_done() && client.connection_state() == async_nats::connection::State::Connected;
+                async move { ready }
             })
         };
         info!(admin_addr = %admin.local_addr(), "admin endpoint listening");
         let admin = admin.serve(ready, shutdown.clone());
         // Each consumer flushes its own acks when it stops.
-        let consumed = consume(&config, client, mailer, &shutdown).await;
+        let consumed = consume(&config, client, mailer, &set_up, &shutdown).await;
         shutdown.cancel();
         let _ = admin.await;
         info!("notification worker stopped");
@@ -197,11 +198,12 @@ async fn retire_projects_consumer(js: &async_nats::jetstream::Context) {
     }
 }
 
-/// Waits for NATS, then runs the three consumers until `shutdown`.
+/// Waits for NATS, then runs the three consumers until `shutdown` (`set_up` once they exist).
 async fn consume(
     config: &Config,
     client: async_nats::Client,
     mailer: Option<email::Mailer>,
+    set_up: &admin::SetUp,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let js = parley_nats::jetstream(client);
@@ -223,6 +225,7 @@ async fn consume(
         return Ok(());
     };
     let directory = directory::Directory::new(directory);
+    set_up.done();
     info!(email = mailer.is_some(), "notification worker running");
 
     let gauges = parley_nats::spawn_consumer_gauges(

@@ -414,6 +414,31 @@ async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }
 
+/// Ready means its consumers exist, not just that NATS answers: on a cluster that has just
+/// formed, applying them took long enough that a test (or an orchestrator) trusting an early 200
+/// counted on notifications nobody was making yet. Here a push consumer holds the durable name
+/// the worker needs: it stays unready while connected, and is ready once it could apply it.
+#[tokio::test]
+async fn a_worker_is_ready_only_once_its_consumers_exist() {
+    let env = env().await;
+    let blocked = parley_nats::NOTIFICATION_MESSAGES_CONSUMER;
+    parley_test_support::occupy_durable_name(&env.js, blocked).await;
+    let worker = start_worker(&env, config(None, Duration::from_secs(60))).await;
+    parley_test_support::not_ready_for(worker.admin, Duration::from_secs(3)).await;
+    parley_test_support::free_durable_name(&env.js, blocked).await;
+    eventually("the worker to be ready", PATIENCE, || async {
+        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        consumer_info(&env.js, blocked.stream, &blocked.durable_name().unwrap())
+            .await
+            .is_some()
+    );
+    worker.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_worker_started_while_nats_is_down_still_stops_when_told() {
     let mut env = env().await;

@@ -133,16 +133,21 @@ impl Application {
             client,
             admin,
         } = self;
+        let set_up = admin::SetUp::default();
         let ready = {
-            let (store, client) = (store.clone(), client.clone());
+            let (store, client, set_up) = (store.clone(), client.clone(), set_up.clone());
             admin::readiness(move || {
-                let (store, client) = (store.clone(), client.clone());
-                async move { client.connection_state() == async_nats::connection::State::Connected && store.ping().await }
+                let (store, client, set_up) = (store.clone(), client.clone(), set_up.clone());
+                async move {
+                    set_up.is_done()
+                        && client.connection_state() == async_nats::connection::State::Connected
+                        && store.ping().await
+                }
             })
         };
         info!(admin_addr = %admin.local_addr(), "admin endpoint listening");
         let admin = admin.serve(ready, shutdown.clone());
-        let consumed = consume(&config, store, client, &shutdown).await;
+        let consumed = consume(&config, store, client, &set_up, &shutdown).await;
         shutdown.cancel();
         let _ = admin.await;
         consumed
@@ -155,11 +160,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Application::build(config).await?.run_until_stopped(shutdown).await
 }
 
-/// Waits for Postgres and NATS, then runs both consumers until `shutdown`.
+/// Waits for Postgres and NATS, then runs both consumers until `shutdown` (`set_up` once they
+/// exist).
 async fn consume(
     config: &Config,
     store: Store,
     client: async_nats::Client,
+    set_up: &admin::SetUp,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let Some(()) = parley_service::retry_until("applying migrations", shutdown, || store.migrate()).await else {
@@ -178,6 +185,7 @@ async fn consume(
     else {
         return Ok(());
     };
+    set_up.done();
     info!(batch_size = config.batch_size, "persistence worker running");
     let gauges = parley_nats::spawn_consumer_gauges(
         js.clone(),

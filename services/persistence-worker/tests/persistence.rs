@@ -524,6 +524,24 @@ async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }
 
+/// Ready means its consumers exist, not just that NATS and Postgres answer (see the same test of
+/// the notification worker): a push consumer holds the durable name this worker needs.
+#[tokio::test]
+async fn a_worker_is_ready_only_once_its_consumers_exist() {
+    let env = env().await;
+    let blocked = parley_nats::PERSISTENCE_CHAT_CONSUMER;
+    parley_test_support::occupy_durable_name(&env.js, blocked).await;
+    let worker = start_worker(&env).await;
+    parley_test_support::not_ready_for(worker.admin, Duration::from_secs(3)).await;
+    parley_test_support::free_durable_name(&env.js, blocked).await;
+    eventually("the worker to be ready", PATIENCE, || async {
+        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    worker.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_worker_started_while_nats_is_down_still_stops_when_told() {
     let mut env = env().await;
