@@ -290,8 +290,8 @@ impl NatsCluster {
     }
 
     /// What each node holds itself, for reading a failure: per node, its view of the meta
-    /// leader, and of every stream it keeps a replica of, the last sequence it has and the
-    /// consumers it hosts (with the stream sequence each has delivered, and what it has pending).
+    /// leader, and of every stream it keeps a replica of, when it was created, the sequences it
+    /// has and the consumers it hosts (with the stream sequence each has delivered, and what it has pending).
     pub async fn local_views(&self) -> String {
         let mut out = String::new();
         for index in 0..NODES {
@@ -311,9 +311,11 @@ impl NatsCluster {
                 .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten());
             for stream in streams {
                 out.push_str(&format!(
-                    "  {} leader {} last seq {} messages {}\n",
+                    "  {} created {} leader {} seqs {}..{} messages {}\n",
                     stream["name"],
+                    stream["created"],
                     stream["cluster"]["leader"],
+                    stream["state"]["first_seq"],
                     stream["state"]["last_seq"],
                     stream["state"]["messages"]
                 ));
@@ -338,7 +340,8 @@ impl NatsCluster {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.nodes[index].ports.http));
         let fetch = async {
             let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            // HTTP/1.0: a large answer comes whole, not chunked.
+            let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
             tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
                 .await
                 .ok()?;

@@ -658,6 +658,22 @@ async fn run_fault(name: &str, fault: Fault) {
     })
     .await;
     assert!(drained.is_ok(), "durable consumers stuck with a backlog: {last_seen:?}");
+    // Drained counts only if every worker's consumer is there to drain (a worker once passed
+    // for ready before it had any).
+    for definition in [
+        parley_nats::PERSISTENCE_CHAT_CONSUMER,
+        parley_nats::PERSISTENCE_PROJECTS_CONSUMER,
+        parley_nats::NOTIFICATION_MESSAGES_CONSUMER,
+        parley_nats::NOTIFICATION_DIRECTORY_CONSUMER,
+    ] {
+        let name = definition.durable_name().unwrap();
+        assert!(
+            parley_test_support::consumer_info(&stack.js, definition.stream, &name)
+                .await
+                .is_some(),
+            "the durable consumer {name} does not exist"
+        );
+    }
     let drained_after = checking.elapsed();
     let notifications = stored_notifications(&stack.js).await;
     let mut missing = Vec::new();
