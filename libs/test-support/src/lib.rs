@@ -258,6 +258,14 @@ pub async fn free_durable_name(js: &async_nats::jetstream::Context, definition: 
         .expect("the push consumer deleted");
 }
 
+/// Waits until `admin`'s `/readyz` answers 200.
+pub async fn ready(admin: std::net::SocketAddr, patience: Duration) {
+    eventually("the service to be ready", patience, || async {
+        (http::request(admin, "GET", "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+}
+
 /// Asks `admin`'s `/readyz` every 50 ms for `window` and panics at the first 200: for a service
 /// that must not say it is ready yet. (A wrong 200 comes within milliseconds of connecting.)
 pub async fn not_ready_for(admin: std::net::SocketAddr, window: Duration) {

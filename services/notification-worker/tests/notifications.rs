@@ -404,11 +404,7 @@ async fn a_worker_built_on_port_zero_serves_its_admin_endpoint_where_it_says() {
             .status,
         200
     );
-    eventually("the worker to be ready", PATIENCE, || async {
-        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
-        (ready.status == 200).then_some(())
-    })
-    .await;
+    parley_test_support::ready(worker.admin, PATIENCE).await;
     worker.shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(30), worker.stopped).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
@@ -426,11 +422,7 @@ async fn a_worker_is_ready_only_once_its_consumers_exist() {
     let worker = start_worker(&env, config(None, Duration::from_secs(60))).await;
     parley_test_support::not_ready_for(worker.admin, Duration::from_secs(3)).await;
     parley_test_support::free_durable_name(&env.js, blocked).await;
-    eventually("the worker to be ready", PATIENCE, || async {
-        let ready = parley_test_support::http::request(worker.admin, "GET", "/readyz", None, None).await;
-        (ready.status == 200).then_some(())
-    })
-    .await;
+    parley_test_support::ready(worker.admin, PATIENCE).await;
     assert!(
         consumer_info(&env.js, blocked.stream, &blocked.durable_name().unwrap())
             .await
