@@ -124,6 +124,8 @@ async fn follow(
     let mut check = tokio::time::interval(Duration::from_millis(250));
     let mut silence = Silence::new(delivered);
     let mut silence_check = tokio::time::interval_at(tokio::time::Instant::now() + SILENCE_CHECK, SILENCE_CHECK);
+    // Checks a full period apart, also after a busy stretch: two at once would see no progress.
+    silence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
