@@ -291,7 +291,8 @@ impl NatsCluster {
 
     /// What each node holds itself, for reading a failure: per node, its view of the meta
     /// leader, and of every stream it keeps a replica of, when it was created, the sequences it
-    /// has and the consumers it hosts (with the stream sequence each has delivered, and what it has pending).
+    /// has and the consumers it hosts (with the stream sequence each has delivered, and what it
+    /// has pending).
     pub async fn local_views(&self) -> String {
         let mut out = String::new();
         for index in 0..NODES {
