@@ -136,8 +136,8 @@ async fn a_node_back_with_its_store_wiped_loses_and_doubles_nothing() {
                 .wait_for_stream_leader(client, parley_nats::CHAT_STREAM, None)
                 .await;
             let follower = (leader + 1) % parley_test_support::cluster::NODES;
-            // Which streams the wiped node led, for reading a failure: a follower of the chat
-            // stream may lead another (seen once: every notification missing afterwards).
+            // Which streams (and whether the meta group) the wiped node led, for reading a
+            // failure: a follower of the chat stream may lead the others.
             let mut led = Vec::new();
             for stream in cluster.stream_names(client).await.unwrap_or_default() {
                 if cluster.stream_leader(client, &stream).await == Some(follower) {
