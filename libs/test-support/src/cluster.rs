@@ -11,14 +11,19 @@
 //! node, its restart on the same folder, a freeze (SIGSTOP, then SIGCONT: a hung machine), and a
 //! restart with the store folder wiped (a replaced disk). Each wait is for an event the cluster
 //! reports (a leader, a formed cluster), never a fixed sleep.
+//!
+//! A partition needs more than loopback: [`NatsCluster::start_partitionable`] gives each node a
+//! host of its own ([`crate::netns`]), on the shipped ports, and [`NatsCluster::isolate`] cuts
+//! one off from the two others while every client keeps its connection.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::netns::Hosts;
 use crate::process::{Process, ProcessBuilder, free_port};
 
 /// Nodes in the cluster, as in `nats/cluster/`.
@@ -62,18 +67,33 @@ pub fn without_sync_interval(config: &str) -> String {
     kept.join("\n") + "\n"
 }
 
-/// Where one node listens.
+/// Where one node listens: an address (loopback, or its own host's) and three ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
+    pub host: Ipv4Addr,
     pub client: u16,
     pub cluster: u16,
     pub http: u16,
 }
 
+impl Ports {
+    fn client_addr(self) -> SocketAddr {
+        SocketAddr::from((self.host, self.client))
+    }
+
+    fn cluster_addr(self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.host, self.cluster)
+    }
+
+    fn http_addr(self) -> SocketAddr {
+        SocketAddr::from((self.host, self.http))
+    }
+}
+
 /// `shipped` (a node's configuration from `nats/cluster/`) with this node's `ports`, the routes
-/// to `peers` (every node's cluster port, its own included, in node order: the shipped files
+/// to `peers` (every node's cluster address, its own included, in node order: the shipped files
 /// list all three too) and `store_dir`. Panics naming the line when one it must rewrite is absent.
-pub fn derive_config(shipped: &str, ports: Ports, peers: &[u16], store_dir: &Path) -> String {
+pub fn derive_config(shipped: &str, ports: Ports, peers: &[SocketAddrV4], store_dir: &Path) -> String {
     let mut out = String::new();
     let mut seen = [false; 5];
     let mut in_cluster = false;
@@ -89,29 +109,29 @@ pub fn derive_config(shipped: &str, ports: Ports, peers: &[u16], store_dir: &Pat
             None
         } else if key == "listen" && !in_cluster {
             seen[0] = true;
-            Some(format!("listen: 127.0.0.1:{}", ports.client))
+            Some(format!("listen: {}", ports.client_addr()))
         } else if key == "listen" && in_cluster {
             seen[1] = true;
-            Some(format!("listen: 127.0.0.1:{}", ports.cluster))
+            Some(format!("listen: {}", ports.cluster_addr()))
         } else if key == "http_port" {
             seen[2] = true;
-            Some(format!("http: \"127.0.0.1:{}\"", ports.http))
+            Some(format!("http: \"{}\"", ports.http_addr()))
         } else if key == "store_dir" {
             seen[3] = true;
             Some(format!("store_dir: {:?}", store_dir.display().to_string()))
         } else if let Some(rest) = trimmed.strip_prefix("nats-route://nats-") {
-            // nats-route://nats-<n>:6222: node n's cluster port on loopback.
+            // nats-route://nats-<n>:6222: node n's cluster address here.
             let n: usize = rest
                 .split(':')
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("a route the test cluster cannot map: {trimmed}"));
-            let port = peers
+            let peer = peers
                 .get(n.wrapping_sub(1))
                 .unwrap_or_else(|| panic!("a route to a node the test cluster does not have: {trimmed}"));
             routes += 1;
             seen[4] = true;
-            Some(format!("nats-route://127.0.0.1:{port}"))
+            Some(format!("nats-route://{peer}"))
         } else {
             None
         };
@@ -137,6 +157,8 @@ struct Node {
     dir: PathBuf,
     process: Option<Process>,
     starts: usize,
+    /// The network namespace it runs in, when it has a host of its own.
+    namespace: Option<String>,
 }
 
 impl Node {
@@ -149,18 +171,36 @@ impl Node {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{} did not come up: {e}", self.name);
+        }
+    }
+
+    /// Starts the node and waits until it listens for clients and routes (its log says so once
+    /// both are bound; the monitoring port is bound before either).
+    fn try_spawn(&mut self) -> std::io::Result<()> {
         self.starts += 1;
-        let process = ProcessBuilder::new(binary())
+        // `ip netns exec` becomes the server (it execs), so the process id is the server's.
+        let builder = match &self.namespace {
+            None => ProcessBuilder::new(binary()),
+            Some(namespace) => ProcessBuilder::new("ip")
+                .arg("netns")
+                .arg("exec")
+                .arg(namespace)
+                .arg(binary()),
+        };
+        let log = self.dir.join(format!("nats.{}.log", self.starts));
+        let process = builder
             .name(self.name.clone())
             .arg("-c")
             .arg(self.config_path())
-            .log_file(self.dir.join(format!("nats.{}.log", self.starts)))
+            .log_file(log.clone())
             .spawn()
             .unwrap_or_else(|e| panic!("{e}; set PARLEY_TEST_NATS_SERVER"));
-        let process = self.process.insert(process);
-        if let Err(e) = process.wait_for_port(self.ports.client, Duration::from_secs(20)) {
-            panic!("{} did not come up: {e}", self.name);
-        }
+        let listening = || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Listening for route connections"));
+        self.process
+            .insert(process)
+            .wait_until("to listen for clients and routes", Duration::from_secs(20), listening)
     }
 }
 
@@ -170,6 +210,9 @@ impl Node {
 pub struct NatsCluster {
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// The nodes' hosts, when each has one ([`NatsCluster::start_partitionable`]); dropped
+    /// after the nodes are stopped.
+    hosts: Option<Hosts>,
 }
 
 impl NatsCluster {
@@ -182,15 +225,51 @@ impl NatsCluster {
     /// [`NatsCluster::start`], with JetStream writes fsynced as the shipped files say, or on
     /// nats-server's default (every two minutes): the benchmark's second pass.
     pub async fn start_with(fsync: Fsync) -> NatsCluster {
-        let dir = std::env::temp_dir().join(format!("parley-cluster-{}", uuid::Uuid::new_v4().simple()));
-        let ports: Vec<Ports> = (0..NODES)
-            .map(|_| Ports {
-                client: free_port().expect("a free port"),
-                cluster: free_port().expect("a free port"),
-                http: free_port().expect("a free port"),
+        // A free port can be taken by another test's process before a node binds it: the node
+        // then exits saying so, and the cluster starts again on other ports.
+        let mut attempts = 0;
+        loop {
+            let ports: Vec<Ports> = (0..NODES)
+                .map(|_| Ports {
+                    host: Ipv4Addr::LOCALHOST,
+                    client: free_port().expect("a free port"),
+                    cluster: free_port().expect("a free port"),
+                    http: free_port().expect("a free port"),
+                })
+                .collect();
+            attempts += 1;
+            match Self::start_on(ports, fsync, None).await {
+                Ok(cluster) => return cluster,
+                Err(e) if attempts < 3 && e.to_string().contains("address already in use") => {
+                    eprintln!("a port was taken before a node bound it; starting the cluster again: {e}");
+                }
+                Err(e) => panic!("the cluster did not come up: {e}"),
+            }
+        }
+    }
+
+    /// [`NatsCluster::start`] with each node on a host of its own (a network namespace, on the
+    /// shipped ports), so that [`NatsCluster::isolate`] can cut one off from the others. Panics
+    /// saying why when this machine cannot make the hosts (it needs root and iproute2).
+    pub async fn start_partitionable() -> NatsCluster {
+        let hosts = Hosts::create(NODES)
+            .unwrap_or_else(|e| panic!("a partitionable cluster needs network namespaces (root, iproute2): {e}"));
+        let ports = (0..NODES)
+            .map(|index| Ports {
+                host: hosts.address(index),
+                client: 4222,
+                cluster: 6222,
+                http: 8222,
             })
             .collect();
-        let peers: Vec<u16> = ports.iter().map(|p| p.cluster).collect();
+        Self::start_on(ports, Fsync::Shipped, Some(hosts))
+            .await
+            .unwrap_or_else(|e| panic!("the cluster did not come up: {e}"))
+    }
+
+    async fn start_on(ports: Vec<Ports>, fsync: Fsync, hosts: Option<Hosts>) -> std::io::Result<NatsCluster> {
+        let dir = std::env::temp_dir().join(format!("parley-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let peers: Vec<SocketAddrV4> = ports.iter().map(|p| p.cluster_addr()).collect();
         let mut nodes = Vec::new();
         for (index, ports) in ports.into_iter().enumerate() {
             let node_dir = dir.join(format!("node-{}", index + 1));
@@ -208,15 +287,18 @@ impl NatsCluster {
                 dir: node_dir,
                 process: None,
                 starts: 0,
+                namespace: hosts.as_ref().map(|h| h.namespace(index)),
             });
         }
-        for node in &mut nodes {
-            node.spawn();
+        // Dropped on an error: its processes stop (the error carries the failing log's tail).
+        let mut cluster = NatsCluster { dir, nodes, hosts };
+        for node in &mut cluster.nodes {
+            node.try_spawn()
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", node.name)))?;
         }
-        let cluster = NatsCluster { dir, nodes };
         cluster.wait_formed().await;
         cluster.wait_placeable().await;
-        cluster
+        Ok(cluster)
     }
 
     /// Waits until the cluster places a stream on all three nodes, by creating and deleting a
@@ -249,7 +331,7 @@ impl NatsCluster {
 
     /// The client URL of node `index`.
     pub fn node_url(&self, index: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[index].ports.client)
+        format!("nats://{}", self.nodes[index].ports.client_addr())
     }
 
     /// The server name of node `index` (`nats-1`, … as in the shipped files).
@@ -338,7 +420,7 @@ impl NatsCluster {
 
     /// A GET of node `index`'s monitoring endpoint at `path`, `None` when it does not answer.
     async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.nodes[index].ports.http));
+        let addr = self.nodes[index].ports.http_addr();
         let fetch = async {
             let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
             // HTTP/1.0: a large answer comes whole, not chunked.
@@ -553,6 +635,35 @@ impl NatsCluster {
         tokio::time::sleep(duration).await;
         signal(pid, "CONT");
     }
+
+    /// Cuts node `index` off from the two others, both ways, until [`NatsCluster::rejoin`]: a
+    /// partition, with every client keeping its connection to the node it has. Needs a cluster
+    /// from [`NatsCluster::start_partitionable`].
+    pub fn isolate(&self, index: usize) {
+        self.hosts()
+            .isolate(index)
+            .unwrap_or_else(|e| panic!("cannot isolate a node: {e}"));
+    }
+
+    /// Ends the partition [`NatsCluster::isolate`] began.
+    pub fn rejoin(&self, index: usize) {
+        self.hosts()
+            .rejoin(index)
+            .unwrap_or_else(|e| panic!("cannot join a node again: {e}"));
+    }
+
+    fn hosts(&self) -> &Hosts {
+        self.hosts
+            .as_ref()
+            .expect("a partition needs NatsCluster::start_partitionable")
+    }
+
+    /// A client of node `index` alone: what that node's side of a partition sees.
+    pub async fn node_client(&self, index: usize) -> async_nats::Client {
+        parley_nats::connect(&self.node_url(index), "parley-test")
+            .await
+            .expect("connect to a node")
+    }
 }
 
 fn signal(pid: u32, name: &str) {
@@ -599,11 +710,12 @@ mod tests {
     #[test]
     fn each_shipped_node_configuration_is_derived_with_only_ports_routes_and_store_changed() {
         let ports = Ports {
+            host: Ipv4Addr::LOCALHOST,
             client: 14222,
             cluster: 16222,
             http: 18222,
         };
-        let peers = [16222, 16223, 16224];
+        let peers = [16222, 16223, 16224].map(|port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
         for index in 0..NODES {
             let shipped = std::fs::read_to_string(shipped_config(index)).unwrap();
             let derived = derive_config(&shipped, ports, &peers, Path::new("/tmp/store"));
@@ -611,8 +723,8 @@ mod tests {
             assert!(derived.contains("listen: 127.0.0.1:16222"), "{derived}");
             assert!(derived.contains("http: \"127.0.0.1:18222\""), "{derived}");
             assert!(derived.contains("store_dir: \"/tmp/store\""), "{derived}");
-            for port in peers {
-                assert!(derived.contains(&format!("nats-route://127.0.0.1:{port}")), "{derived}");
+            for peer in peers {
+                assert!(derived.contains(&format!("nats-route://{peer}")), "{derived}");
             }
             assert!(derived.contains("sync_interval: always"), "{derived}");
             assert!(derived.contains("name: parley"), "{derived}");

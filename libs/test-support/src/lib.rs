@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod http;
 pub mod nats;
+pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod smtp;

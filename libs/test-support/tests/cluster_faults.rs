@@ -1,7 +1,9 @@
 //! Parley on a three-node JetStream cluster, every stream replicated three times, under the
 //! faults an operator meets (issue 20): a `kill -9` of the `PARLEY_CHAT` leader and its restart,
 //! a `kill -9` of the JetStream meta leader, a node frozen for 10 s, a rolling restart of all
-//! three nodes, and a node that comes back with its store wiped. Each runs under continuous
+//! three nodes, a node that comes back with its store wiped, and the `PARLEY_CHAT` leader cut off
+//! from the two other nodes for 15 s (a partition: each node then runs on a host of its own, a
+//! network namespace, which needs root and iproute2). Each runs under continuous
 //! load: four senders (both parties, over both gateways) each sending with a `clientMsgId` and
 //! retrying what was not acknowledged with the same id, as a real client does; two gateways, two
 //! persistence workers and a notification worker, all real binaries; and a socket of each party
@@ -156,6 +158,53 @@ async fn a_node_back_with_its_store_wiped_loses_and_doubles_nothing() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chat_leader_cut_off_from_the_two_other_nodes_for_15_s_loses_and_doubles_nothing() {
+    run_fault_on(
+        "the PARLEY_CHAT leader cut off from the two other nodes for 15 s",
+        Network::Hosts,
+        |cluster, client| {
+            Box::pin(async move {
+                // The minority side keeps its clients (a gateway, a worker) but can commit
+                // nothing; the two others elect a leader of their own and go on.
+                let leader = cluster
+                    .wait_for_stream_leader(client, parley_nats::CHAT_STREAM, None)
+                    .await;
+                eprintln!(
+                    "cutting {} (PARLEY_CHAT leader) off from the two others for 15 s",
+                    cluster.node_name(leader)
+                );
+                let cut = tokio::time::Instant::now();
+                cluster.isolate(leader);
+                // The cut is real once the other side has a leader of its own.
+                let other_side = cluster
+                    .node_client((leader + 1) % parley_test_support::cluster::NODES)
+                    .await;
+                let next = cluster
+                    .wait_for_stream_leader(&other_side, parley_nats::CHAT_STREAM, Some(leader))
+                    .await;
+                eprintln!(
+                    "{} leads PARLEY_CHAT on the other side after {:.1?}",
+                    cluster.node_name(next),
+                    cut.elapsed()
+                );
+                tokio::time::sleep_until(cut + Duration::from_secs(15)).await;
+                cluster.rejoin(leader);
+            })
+        },
+    )
+    .await;
+}
+
+/// Where the cluster's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Network {
+    /// On loopback ports of this machine.
+    Loopback,
+    /// Each on a host of its own, so that one can be partitioned from the others.
+    Hosts,
+}
+
 type Fault = for<'a> fn(
     &'a mut NatsCluster,
     &'a async_nats::Client,
@@ -203,9 +252,12 @@ struct Stack {
     _db: TestDatabase,
 }
 
-async fn stack() -> Stack {
+async fn stack(network: Network) -> Stack {
     parley_service::init_test_tracing();
-    let cluster = NatsCluster::start().await;
+    let cluster = match network {
+        Network::Loopback => NatsCluster::start().await,
+        Network::Hosts => NatsCluster::start_partitionable().await,
+    };
     let db = TestDatabase::create().await;
     let endpoints = Endpoints::new(cluster.url(), Some(db.url.clone()));
     let specs = [
@@ -431,9 +483,14 @@ fn percentile(values: &mut [Duration], p: f64) -> Duration {
 
 /// Runs `fault` under the load and checks every invariant once the cluster is whole again.
 async fn run_fault(name: &str, fault: Fault) {
+    run_fault_on(name, Network::Loopback, fault).await;
+}
+
+/// [`run_fault`] on a cluster whose nodes run as `network` says.
+async fn run_fault_on(name: &str, network: Network, fault: Fault) {
     let _one = ONE_AT_A_TIME.lock().await;
     let begun = Instant::now();
-    let mut stack = stack().await;
+    let mut stack = stack(network).await;
     let conversation = stack.project.conversation_id();
     let stop_observing = Arc::new(AtomicBool::new(false));
     let mut observers = Vec::new();

@@ -50,23 +50,45 @@ async fn stored_notifications(js: &jetstream::Context) -> HashMap<String, usize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_notifications_leader_loses_no_notification_and_doubles_none() {
-    exactly_once_through_a_frozen_leader_of(parley_nats::NOTIFICATIONS_STREAM).await;
+    exactly_once_through_a_frozen_leader_of(parley_nats::NOTIFICATIONS_STREAM, Seeds::All).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_chat_leader_loses_no_notification_and_doubles_none() {
-    exactly_once_through_a_frozen_leader_of(parley_nats::CHAT_STREAM).await;
+    exactly_once_through_a_frozen_leader_of(parley_nats::CHAT_STREAM, Seeds::All).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_chat_leader_the_worker_is_connected_to_loses_no_notification_and_doubles_none() {
+    exactly_once_through_a_frozen_leader_of(parley_nats::CHAT_STREAM, Seeds::TheFrozenNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_notifications_leader_the_worker_is_connected_to_loses_no_notification_and_doubles_none() {
+    exactly_once_through_a_frozen_leader_of(parley_nats::NOTIFICATIONS_STREAM, Seeds::TheFrozenNode).await;
+}
+
+/// Where the worker connects: to any node, or only to the one that is frozen, so that its
+/// publishes, acks and pulls wait in the frozen node's socket and arrive after the leader moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seeds {
+    All,
+    TheFrozenNode,
 }
 
 /// 400 messages published while the node leading `target` is frozen for 10 s; then exactly one
 /// notification for each, once the worker's consumer has drained.
-async fn exactly_once_through_a_frozen_leader_of(target: &str) {
+async fn exactly_once_through_a_frozen_leader_of(target: &str, seeds: Seeds) {
     parley_service::init_test_tracing();
     let cluster = NatsCluster::start().await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     parley_nats::ensure_streams(&js, 3).await.unwrap();
-    let mut config = Config::new(CommonConfig::local(cluster.url()));
+    let url = match seeds {
+        Seeds::All => cluster.url(),
+        Seeds::TheFrozenNode => cluster.node_url(cluster.wait_for_stream_leader(&client, target, None).await),
+    };
+    let mut config = Config::new(CommonConfig::local(url));
     config.stream_replicas = 3;
     let app = Application::build(config).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -97,7 +119,10 @@ async fn exactly_once_through_a_frozen_leader_of(target: &str) {
     })
     .await;
     let leader = cluster.wait_for_stream_leader(&client, target, None).await;
-    eprintln!("freezing {} (leader of {target}) for 10 s", cluster.node_name(leader));
+    eprintln!(
+        "freezing {} (leader of {target}) for 10 s, the worker connected to {seeds:?}",
+        cluster.node_name(leader)
+    );
     cluster.freeze(leader, Duration::from_secs(10)).await;
     sender.await.unwrap();
     cluster
