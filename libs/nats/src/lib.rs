@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 pub mod buckets;
 pub mod consume;
+pub mod reach;
 
 pub use async_nats;
 
@@ -116,12 +117,19 @@ pub fn server_urls(url: &str) -> Vec<String> {
 }
 
 /// Connects with a client name, reconnecting forever: a restarted nats-server is waited for, not
-/// fatal. The first connect is retried as well, so a process may start before NATS is up.
+/// fatal. The first connect is retried as well, so a process may start before NATS is up. Each
+/// connect picks its server with [`reach::ServerChoice`], so that a process that leaves a server
+/// ([`reach::stay_in_reach`]) goes to another.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers = server_urls(url);
+    let choice = reach::ServerChoice::default();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
+        .reconnect_to_server_callback(move |pool, _| {
+            let addr = choice.pick(&pool);
+            async move { addr.map(|addr| async_nats::ReconnectToServer { addr, delay: None }) }
+        })
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {

@@ -418,6 +418,32 @@ impl NatsCluster {
         out
     }
 
+    /// The names of node `index`'s clients, `None` when it does not answer.
+    pub async fn client_names(&self, index: usize) -> Option<Vec<String>> {
+        let connz = self.monitor(index, "/connz?limit=4096").await?;
+        Some(
+            connz["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["name"].as_str().unwrap_or("(unnamed)").to_owned())
+                .collect(),
+        )
+    }
+
+    /// Who is connected where, for reading a fault's figures: per node, its clients' names.
+    pub async fn connections(&self) -> String {
+        let mut out = Vec::new();
+        for index in 0..NODES {
+            let names = self
+                .client_names(index)
+                .await
+                .map_or_else(|| "(no answer)".to_owned(), |names| names.join(", "));
+            out.push(format!("{}: {names}", self.node_name(index)));
+        }
+        out.join("; ")
+    }
+
     /// A GET of node `index`'s monitoring endpoint at `path`, `None` when it does not answer.
     async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
         let addr = self.nodes[index].ports.http_addr();

@@ -170,6 +170,8 @@ impl Application {
             nats,
         } = self;
         let addr = listener.local_addr()?;
+        // A server cut off from its cluster is left for another (see `parley_nats::reach`).
+        let reach = tokio::spawn(parley_nats::reach::stay_in_reach(nats.clone(), shutdown.clone()));
         let js = parley_nats::jetstream(nats.clone());
         // NATS may come up after us (compose): wait for it rather than exit.
         let replicas = config.stream_replicas;
@@ -283,6 +285,7 @@ impl Application {
             () = bounded => tracing::warn!("connections still open after the shutdown bound"),
         }
         shutdown.cancel();
+        let _ = reach.await;
         let _ = fanout.await;
         let _ = typing.await;
         background_stop.cancel();

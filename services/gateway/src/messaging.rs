@@ -1,7 +1,3 @@
-//! The gateway's operations, shared by the HTTP API and the Socket.IO events so that both paths
-//! validate, authorise and publish identically. Validation runs before anything touches NATS: a
-//! conversation id must parse as a UUID before a subject is built from it.
-
 //! The gateway's operations on conversations, shared by the HTTP API and the Socket.IO events so
 //! that both paths authorise and publish identically, and the one way the gateway reaches the
 //! store and the chat stream: live delivery reads the stream through [`Messaging::chat_stream`]

@@ -147,8 +147,11 @@ impl Application {
         };
         info!(admin_addr = %admin.local_addr(), "admin endpoint listening");
         let admin = admin.serve(ready, shutdown.clone());
+        // A server cut off from its cluster is left for another (see `parley_nats::reach`).
+        let reach = tokio::spawn(parley_nats::reach::stay_in_reach(client.clone(), shutdown.clone()));
         let consumed = consume(&config, store, client, &set_up, &shutdown).await;
         shutdown.cancel();
+        let _ = reach.await;
         let _ = admin.await;
         consumed
     }
