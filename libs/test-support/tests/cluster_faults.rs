@@ -87,12 +87,17 @@ async fn a_kill_9_of_the_meta_leader_loses_and_doubles_nothing() {
     run_fault("kill -9 of the JetStream meta leader", |cluster, client| {
         Box::pin(async move {
             let leader = cluster.wait_for_meta_leader(None).await;
-            eprintln!("killing {} (meta leader)", cluster.node_name(leader));
+            // Whether it also led PARLEY_CHAT decides the figures: that election stops sends.
+            let chat = cluster.stream_leader(client, parley_nats::CHAT_STREAM).await == Some(leader);
+            eprintln!(
+                "killing {} (meta leader{})",
+                cluster.node_name(leader),
+                if chat { ", and PARLEY_CHAT's" } else { "" }
+            );
             cluster.kill(leader);
             let next = cluster.wait_for_meta_leader(Some(leader)).await;
             eprintln!("{} is meta leader; restarting the killed node", cluster.node_name(next));
             // Sends go on with a node down; the checks run on the whole cluster again.
-            let _ = client;
             cluster.restart(leader);
         })
     })
