@@ -100,9 +100,12 @@ pub fn answer_counts(cluster: Option<&ClusterInfo>) -> bool {
 }
 
 /// The client's choice of server on every connect: among the servers that failed least often
-/// lately, one other than the last it picked when there is such a one, at random. A server that
-/// was left because it was cut off is thus not picked again at once, and one that refuses
-/// connections is tried after the others.
+/// lately, one other than the last it picked when there is such a one, preferring those
+/// `NATS_URL` names over those the cluster advertised, at random. A server that was left because
+/// it was cut off is thus not picked again at once, and one that refuses connections is tried
+/// after the others. The preference matters where nodes listen on every interface (the compose
+/// files): each then also advertises its addresses, which the client adds to its pool beside the
+/// names, so the server just left would otherwise come back under another address.
 #[derive(Debug, Clone, Default)]
 pub struct ServerChoice {
     last: Arc<Mutex<Option<ServerAddr>>>,
@@ -119,7 +122,14 @@ impl ServerChoice {
             .copied()
             .filter(|s| Some(&s.addr) != last.as_ref())
             .collect();
-        let from = if others.is_empty() { least } else { others };
+        let named: Vec<&Server> = others.iter().copied().filter(|s| !s.is_discovered).collect();
+        let from = if !named.is_empty() {
+            named
+        } else if !others.is_empty() {
+            others
+        } else {
+            least
+        };
         // Random enough to spread processes over the servers; no cryptographic need.
         let index = usize::try_from(uuid::Uuid::new_v4().as_u128() % from.len() as u128).unwrap_or(0);
         let pick = from.get(index)?.addr.clone();
@@ -140,6 +150,50 @@ mod tests {
             is_discovered: false,
             last_error: None,
         }
+    }
+
+    fn advertised(url: &str) -> Server {
+        Server {
+            is_discovered: true,
+            ..server(url, 0)
+        }
+    }
+
+    #[test]
+    fn a_reconnect_prefers_the_servers_nats_url_names_to_their_advertised_addresses() {
+        let choice = ServerChoice::default();
+        let named = [
+            server("nats://nats-1:4222", 0),
+            server("nats://nats-2:4222", 0),
+            server("nats://nats-3:4222", 0),
+        ];
+        let mut pool = named.to_vec();
+        pool.extend(
+            [
+                "nats://172.18.0.2:4222",
+                "nats://172.18.0.3:4222",
+                "nats://172.18.0.4:4222",
+            ]
+            .map(advertised),
+        );
+        for _ in 0..100 {
+            let pick = choice.pick(&pool).unwrap();
+            assert!(
+                named.iter().any(|s| s.addr == pick),
+                "{pick:?} is an advertised address"
+            );
+        }
+        // Named servers that refuse connections give way to the advertised ones.
+        let mut failing = pool.clone();
+        for server in &mut failing[..3] {
+            server.failed_attempts = 1;
+        }
+        let pick = choice.pick(&failing).unwrap();
+        assert!(failing[3..].iter().any(|s| s.addr == pick));
+        // A single name, left: the advertised ones are the only others.
+        let single = [server("nats://nats:4222", 0), advertised("nats://172.18.0.3:4222")];
+        assert_eq!(choice.pick(&single).unwrap(), single[0].addr);
+        assert_eq!(choice.pick(&single).unwrap(), single[1].addr);
     }
 
     fn peer(current: bool, active: Duration) -> async_nats::jetstream::stream::PeerInfo {
