@@ -84,10 +84,12 @@ async fn exactly_once_through_a_frozen_leader_of(target: &str, seeds: Seeds) {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     parley_nats::ensure_streams(&js, 3).await.unwrap();
-    let url = match seeds {
-        Seeds::All => cluster.url(),
-        Seeds::TheFrozenNode => cluster.node_url(cluster.wait_for_stream_leader(&client, target, None).await),
+    // The node to freeze: the worker's own, or whichever leads `target` when the time comes.
+    let worker_node = match seeds {
+        Seeds::All => None,
+        Seeds::TheFrozenNode => Some(cluster.wait_for_stream_leader(&client, target, None).await),
     };
+    let url = worker_node.map_or_else(|| cluster.url(), |node| cluster.node_url(node));
     let mut config = Config::new(CommonConfig::local(url));
     config.stream_replicas = 3;
     let app = Application::build(config).await.unwrap();
@@ -119,11 +121,13 @@ async fn exactly_once_through_a_frozen_leader_of(target: &str, seeds: Seeds) {
     })
     .await;
     let leader = cluster.wait_for_stream_leader(&client, target, None).await;
+    let frozen = worker_node.unwrap_or(leader);
     eprintln!(
-        "freezing {} (leader of {target}) for 10 s, the worker connected to {seeds:?}",
-        cluster.node_name(leader)
+        "freezing {} ({}leader of {target}) for 10 s, the worker connected to {seeds:?}",
+        cluster.node_name(frozen),
+        if frozen == leader { "" } else { "no longer " }
     );
-    cluster.freeze(leader, Duration::from_secs(10)).await;
+    cluster.freeze(frozen, Duration::from_secs(10)).await;
     sender.await.unwrap();
     cluster
         .wait_for_stream_current(&client, parley_nats::NOTIFICATIONS_STREAM)
