@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::messaging::Messaging;
-use crate::recent::RecentMessages;
 use crate::rooms::user_room;
 use crate::session::SocketSession;
 use crate::wire::{self, MessageNew};
@@ -43,7 +42,6 @@ pub(crate) async fn start(
     let first = subscribe(&messaging, None).await?;
     let target = Target {
         io,
-        recent: messaging.recent().clone(),
         client: nats,
         messaging,
     };
@@ -246,7 +244,6 @@ impl Silence {
 /// Where events go: this instance's sockets.
 struct Target {
     io: SocketIo,
-    recent: RecentMessages,
     client: async_nats::Client,
     messaging: Messaging,
 }
@@ -261,7 +258,9 @@ impl Target {
     fn deliver_message(&self, event: MessagePosted, seq: u64) {
         let rooms: Vec<String> = event.participants.iter().map(|p| user_room(*p)).collect();
         let message = event.into_message(seq);
-        self.recent.remember(message.id, message.conversation_id, message.seq);
+        self.messaging
+            .recent()
+            .remember(message.id, message.conversation_id, message.seq);
         // Encoded once, by the first socket that takes it.
         let mut encoded: Option<Box<RawValue>> = None;
         for socket in self.io.to(rooms).sockets() {
